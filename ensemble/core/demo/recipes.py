@@ -1,0 +1,109 @@
+"""What each demo class is made of: event sounds, speech, backgrounds. Data only."""
+
+from __future__ import annotations
+
+# Event sounds of each emergency class: (pool, probability). Related classes share pools
+# (screams in assault, robbery and violence; crashes in collapse, earthquake and typhoon; thuds in
+# fall and medical emergencies) so that what is said matters, not only what is heard.
+EVENT_SOUNDS: dict[str, tuple[tuple[str, float], ...]] = {
+    "sexual_assault": (("scream", 0.6), ("hit", 0.3)),
+    "robbery": (("scream", 0.4), ("hit", 0.4), ("glass", 0.3)),
+    "theft": (("glass", 0.5), ("doors", 0.5), ("steps_in", 0.4)),
+    "violence": (("hit", 0.8), ("scream", 0.5), ("crash", 0.2)),
+    "trapped": (("bang", 0.9),),
+    "electrical_accident": (("electric", 0.9), ("scream", 0.2)),
+    "gas_accident": (("hiss", 0.8), ("alarm", 0.3), ("explosion", 0.2)),
+    "fire": (("flames", 0.9), ("alarm", 0.4), ("glass", 0.2)),
+    "medical_emergency": (("thud", 0.4), ("groan", 0.6)),
+    "typhoon": (("wind", 0.9), ("glass", 0.3), ("crash", 0.3)),
+    "earthquake": (("rumble", 0.9), ("glass", 0.4), ("crash", 0.4)),
+    "fall": (("thud", 0.9), ("groan", 0.5)),
+    "collapse": (("crash", 0.9), ("rumble", 0.4), ("scream", 0.3)),
+    "help_request": (("bang", 0.2),),
+}
+SPEECH_PROB = {"help_request": 1.0}  # emergencies with a shouted line; others use the default
+DEFAULT_SPEECH_PROB = 0.75
+GENERIC_CALL_PROB = 0.3  # a class line followed by "살려주세요!" / "Help!"
+KOREAN_PROB = 0.7
+
+# How a pool's sound is laid out in an event: sustained loops (seconds), or repeats (count, gap s).
+SUSTAINED = {
+    "flames": (3.0, 8.0),
+    "wind": (4.0, 9.0),
+    "rumble": (3.0, 7.0),
+    "hiss": (2.0, 5.0),
+    "alarm": (2.0, 5.0),
+}
+REPEATED = {
+    "bang": ((3, 7), (0.25, 0.6)),
+    "hit": ((2, 5), (0.2, 0.7)),
+    "steps_in": ((4, 9), (0.4, 0.6)),
+    "steps_out": ((4, 9), (0.4, 0.6)),
+}
+
+# Backgrounds. Normal classes are their background; emergencies draw theirs from one mix, the same
+# whatever the class, so the background tells nothing about which emergency it is.
+NORMAL_BEDS = {
+    "indoor": "indoor",
+    "outdoor": "outdoor",
+    "washer_dryer": "washer_dryer",
+    "vacuum_cleaner": "vacuum_cleaner",
+    "other_appliance": "other_appliance",
+}
+EMERGENCY_BED_MIX = (
+    ("indoor", 0.4),
+    ("outdoor", 0.3),
+    ("washer_dryer", 0.1),
+    ("vacuum_cleaner", 0.1),
+    ("other_appliance", 0.1),
+)
+BED_POOLS = {
+    "indoor": "bed_indoor",
+    "outdoor": "bed_outdoor",
+    "washer_dryer": "motor_low",
+    "vacuum_cleaner": "motor_air",
+    "other_appliance": "machine",
+}
+# Incidental everyday sounds in normal clips, by background.
+INCIDENTAL = {
+    "indoor": ("doors", "steps_in", "chimes"),
+    "outdoor": ("steps_out", "doors"),
+    "washer_dryer": ("doors", "steps_in"),
+    "vacuum_cleaner": ("steps_in", "doors"),
+    "other_appliance": ("doors", "chimes"),
+}
+NORMAL_SPEECH_PROB = 0.6
+INCIDENTAL_PROB = 0.4
+
+# Levels.
+EVENT_SNR_DB = (0.0, 20.0)  # event (speech and sounds) over the background, over the event span
+QUIET_TALK_SNR_DB = (5.0, 20.0)  # calm talk over an indoor or outdoor background
+LOUD_TALK_SNR_DB = (0.0, 8.0)  # calm talk over a running appliance
+PEAK_DB = (-20.0, -1.0)  # final peak level in dBFS
+CLIP_SECONDS = (10.0, 30.0)
+MAX_EVENT_SECONDS = 16.0
+
+# AI Hub spellings of `category_02` where they differ from the taxonomy's Korean name.
+AIHUB_NAMES = {
+    "sexual_assault": "강제추행(성범죄)",
+    "typhoon": "태풍-강풍",
+    "washer_dryer": "가전소음_세탁기/건조기",
+    "vacuum_cleaner": "가전소음_청소기",
+    "other_appliance": "가전소음_기타소음",
+}
+
+
+def describe() -> str:
+    """A Markdown table of what each class is made of (written beside the demo data)."""
+    rows = ["| class | event sounds (probability) | speech |", "| --- | --- | --- |"]
+    for key, sounds in EVENT_SOUNDS.items():
+        snd = ", ".join(f"{pool} ({p:.0%})" for pool, p in sounds)
+        sp = SPEECH_PROB.get(key, DEFAULT_SPEECH_PROB)
+        rows.append(f"| {key} | {snd} | shouted line, {sp:.0%} of clips |")
+    for key, bed in NORMAL_BEDS.items():
+        inc = ", ".join(INCIDENTAL[bed])
+        rows.append(
+            f"| {key} | background `{BED_POOLS[bed]}`; incidental {inc} ({INCIDENTAL_PROB:.0%}) "
+            f"| calm line, {NORMAL_SPEECH_PROB:.0%} of clips |"
+        )
+    return "\n".join(rows)

@@ -1,0 +1,139 @@
+"""The manifest: one row per annotated segment of a clip, as CSV or JSONL, validated with pandas.
+
+Columns: path, label, transcript, event_start, event_end, speaker, split, source. `label` may be a
+class key, an id or a Korean name and is normalised to the key on load; `event_start`/`event_end`
+are seconds (empty = the whole clip). A clip with several annotations has several rows with the
+same path. Relative paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ensemble.core.labels import Taxonomy, load_taxonomy
+
+COLUMNS = ("path", "label", "transcript", "event_start", "event_end", "speaker", "split", "source")
+REQUIRED = ("path", "label")
+SPLITS = ("train", "val", "test")
+_TEXT = ("path", "label", "transcript", "speaker", "split", "source")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be used; the message names the file, the row and the fault."""
+
+
+def _fmt(where: str, rows: pd.Index, fault: str) -> str:
+    shown = ", ".join(str(r) for r in rows[:5])  # `validate` indexes rows by file line
+    more = f" (and {len(rows) - 5} more)" if len(rows) > 5 else ""
+    return f"{where}: line(s) {shown}{more}: {fault}"
+
+
+def validate(
+    df: pd.DataFrame, taxonomy: Taxonomy | None = None, where: str = "manifest", first_line: int = 2
+) -> pd.DataFrame:
+    """A checked copy: all columns present, labels as keys, segments numeric and ordered.
+
+    `first_line` is the file line of the first row in error messages: 2 for CSV (after the
+    header), 1 for JSONL.
+    """
+    taxonomy = taxonomy or load_taxonomy()
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{where}: missing column(s) {missing}; columns are {list(COLUMNS)}")
+    df = df.copy()
+    df.index = pd.RangeIndex(first_line, first_line + len(df))  # rows named by file line
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    for c in _TEXT:
+        df[c] = df[c].map(
+            lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        )
+    empty = df.index[df["path"].str.strip() == ""]
+    if len(empty):
+        raise ManifestError(_fmt(where, empty, "empty path"))
+
+    keys = []
+    for i, label in zip(df.index, df["label"], strict=True):
+        try:
+            keys.append(taxonomy.key(label.strip()))
+        except KeyError as e:
+            raise ManifestError(_fmt(where, pd.Index([i]), str(e.args[0]))) from None
+    df["label"] = keys
+    if (df["label"] == taxonomy.classes[0].key).any():
+        bad = df.index[df["label"] == taxonomy.classes[0].key]
+        raise ManifestError(_fmt(where, bad, f"'{taxonomy.classes[0].key}' is not a clip label"))
+
+    for c in ("event_start", "event_end"):
+        num = pd.to_numeric(df[c].replace("", None), errors="coerce")
+        bad = df.index[num.isna() & df[c].notna() & (df[c].astype(str).str.strip() != "")]
+        if len(bad):
+            raise ManifestError(_fmt(where, bad, f"{c} is not a number"))
+        df[c] = num.astype(float)
+    one_sided = df.index[df["event_start"].isna() != df["event_end"].isna()]
+    if len(one_sided):
+        raise ManifestError(
+            _fmt(where, one_sided, "event_start and event_end must both be set or both empty")
+        )
+    bad = df.index[(df["event_start"] < 0) | (df["event_end"] <= df["event_start"])]
+    if len(bad):
+        raise ManifestError(_fmt(where, bad, "segment must satisfy 0 <= event_start < event_end"))
+    bad = df.index[~df["split"].isin(("", *SPLITS))]
+    if len(bad):
+        raise ManifestError(_fmt(where, bad, f"split must be one of {SPLITS} or empty"))
+    return df[list(COLUMNS)].reset_index(drop=True)
+
+
+def read_manifest(path: str | Path, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
+    """Read and validate a CSV or JSONL manifest; `path` column made absolute."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: no such manifest")
+    if path.suffix == ".jsonl":
+        df = pd.read_json(path, lines=True, dtype=False)
+    elif path.suffix == ".csv":
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    else:
+        raise ManifestError(f"{path}: a manifest is .csv or .jsonl")
+    df = validate(df, taxonomy, where=str(path), first_line=1 if path.suffix == ".jsonl" else 2)
+    root = path.resolve().parent
+    df["path"] = [str(p if os.path.isabs(p) else (root / p)) for p in df["path"]]
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path, taxonomy: Taxonomy | None = None) -> Path:
+    """Validate and write a manifest (CSV or JSONL by suffix); paths below its folder are relative."""
+    path = Path(path)
+    df = validate(df, taxonomy, where=str(path))
+    root = path.resolve().parent
+    df["path"] = [_relative(p, root) for p in df["path"]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".jsonl":
+        df.to_json(path, orient="records", lines=True, force_ascii=False)
+    elif path.suffix == ".csv":
+        df.to_csv(path, index=False, encoding="utf-8")
+    else:
+        raise ManifestError(f"{path}: a manifest is .csv or .jsonl")
+    return path
+
+
+def _relative(p: str, root: Path) -> str:
+    q = Path(p).resolve()
+    return str(q.relative_to(root)) if q.is_relative_to(root) else str(q)
+
+
+def clips(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per audio file: the first annotation's label, and every segment as a list."""
+    grouped = df.groupby("path", sort=False)
+    out = df.drop_duplicates("path", keep="first").set_index("path")  # not .first(): skips NaN
+    out["segments"] = grouped.apply(
+        lambda g: [
+            (s, e, lab) for s, e, lab in zip(g.event_start, g.event_end, g.label, strict=True)
+        ],
+        include_groups=False,
+    )
+    return out.reset_index()
