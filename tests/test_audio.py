@@ -280,11 +280,25 @@ def test_ogg(tmp_path):
 def test_mp3_made_with_ffmpeg(tmp_path):
     path = tmp_path / "a.mp3"
     subprocess.run(
-        ["ffmpeg", "-nostdin", "-y", "-loglevel", "error", "-f", "lavfi", "-i",
-         "sine=frequency=440:duration=2:sample_rate=44100", "-ac", "1", "-b:a", "128k", str(path)],
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-y",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:duration=2:sample_rate=44100",
+            "-ac",
+            "1",
+            "-b:a",
+            "128k",
+            str(path),
+        ],
         check=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert audio.sniff(path.read_bytes()[:64]) == "mp3"
     wave = load_audio(path)
     # lavfi's sine has amplitude 1/8; the encoder's low-pass and framing cost a few percent

@@ -137,3 +137,31 @@ def clips(df: pd.DataFrame) -> pd.DataFrame:
         include_groups=False,
     )
     return out.reset_index()
+
+
+def summarize(df: pd.DataFrame, taxonomy: Taxonomy | None = None) -> str:
+    """Clips per class and split, hours of audio and speakers, as a plain-text table."""
+    from ensemble.core.audio import audio_duration
+
+    taxonomy = taxonomy or load_taxonomy()
+    per_clip = clips(df)
+    per_clip["hours"] = [audio_duration(p) / 3600 for p in per_clip["path"]]
+    per_clip["split"] = per_clip["split"].replace("", "(none)")
+    table = per_clip.pivot_table(
+        index="label", columns="split", values="path", aggfunc="count", fill_value=0
+    )
+    table = table.reindex([c.key for c in taxonomy.classes[1:] if c.key in table.index])
+    table.insert(0, "ko", [taxonomy[k].ko for k in table.index])
+    table["total"] = table.drop(columns="ko").sum(axis=1)
+    hours = per_clip.groupby("split")["hours"].sum()
+    speakers = per_clip.groupby("split")["speaker"].agg(lambda s: s[s != ""].nunique())
+    lines = [
+        f"{len(df)} rows, {len(per_clip)} clips, {per_clip['hours'].sum():.2f} h of audio, "
+        f"{per_clip.loc[per_clip['speaker'] != '', 'speaker'].nunique()} speakers",
+        "",
+        table.to_string(),
+        "",
+        "per split: "
+        + ", ".join(f"{s} {hours[s]:.2f} h / {speakers[s]} speakers" for s in hours.index),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+# Two commands do everything on a fresh Debian/Ubuntu machine:
+#   make demo   the main job: build the demo data, import it, split it, summarise it
+#   make test   lint and the test suite
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := espeak-ng ffmpeg
+
+.PHONY: setup demo test lint
+
+setup:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
+	$(PYTHON) -m pip install -q "$(TORCH)"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+
+demo: setup
+	$(PYTHON) -m ensemble.cli demo --out runs/demo
+
+lint:
+	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m ruff check .
+
+test: setup lint
+	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q

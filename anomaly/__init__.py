@@ -1,0 +1,1 @@
+"""CutPaste multi-scale anomaly detector trained on normal audio only."""

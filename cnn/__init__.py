@@ -1,0 +1,1 @@
+"""Log-mel CNN classifying clips into the 19 situations."""

@@ -1,0 +1,178 @@
+"""The `emergency-ensemble` command: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("emergency-ensemble")
+
+
+def _make_demo_data(args: argparse.Namespace) -> None:
+    from ensemble.core.demo.build import make_demo_data
+
+    t0 = time.perf_counter()
+    truths = make_demo_data(
+        args.out, args.per_class, args.seed, cache=args.cache, workers=args.workers
+    )
+    log.info("wrote %d clips to %s in %.1f s", len(truths), args.out, time.perf_counter() - t0)
+
+
+def _import_aihub(args: argparse.Namespace) -> None:
+    from ensemble.core.aihub import import_aihub
+    from ensemble.core.labels import load_taxonomy
+    from ensemble.core.manifest import write_manifest
+    from ensemble.core.splits import assign_splits
+
+    taxonomy = load_taxonomy(args.labels)
+    df, report = import_aihub(args.root, extract_dir=args.extract_dir, taxonomy=taxonomy)
+    if args.split:
+        df = assign_splits(df, tuple(args.fractions), args.seed)
+    out = write_manifest(df, args.out, taxonomy)
+    unpaired = out.with_name(out.stem + ".unpaired.csv")
+    report.to_frame().to_csv(unpaired, index=False)
+    print(report.summary())
+    print(f"manifest: {out} ({len(df)} rows); unpaired files and errors: {unpaired}")
+
+
+def _split(args: argparse.Namespace) -> None:
+    from ensemble.core.manifest import read_manifest, write_manifest
+    from ensemble.core.splits import assign_splits, leaks
+
+    df = assign_splits(read_manifest(args.manifest, None), tuple(args.fractions), args.seed)
+    out = write_manifest(df, args.out or args.manifest)
+    found = leaks(df)
+    print(f"{out}: " + ", ".join(f"{s} {n}" for s, n in df["split"].value_counts().items()))
+    print(
+        f"speakers in two splits: {len(found['speaker'])}; transcripts in two splits: {len(found['transcript'])}"
+    )
+
+
+def _summary(args: argparse.Namespace) -> None:
+    from ensemble.core.labels import load_taxonomy
+    from ensemble.core.manifest import read_manifest, summarize
+
+    taxonomy = load_taxonomy(args.labels)
+    print(summarize(read_manifest(args.manifest, taxonomy), taxonomy))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    """The whole job on the demo data, so far: build it, import it with leak-free splits, summarise."""
+    out = Path(args.out)
+    data, manifest = out / "data", out / "manifest.csv"
+    t0 = time.perf_counter()
+    _make_demo_data(
+        argparse.Namespace(
+            out=data,
+            per_class=args.per_class,
+            seed=args.seed,
+            cache=args.cache,
+            workers=args.workers,
+        )
+    )
+    _import_aihub(
+        argparse.Namespace(
+            root=data,
+            out=manifest,
+            extract_dir=None,
+            labels=None,
+            split=True,
+            fractions=args.fractions,
+            seed=args.seed,
+        )
+    )
+    _summary(argparse.Namespace(manifest=manifest, labels=None))
+    print(f"demo finished in {time.perf_counter() - t0:.1f} s; manifest: {manifest}")
+
+
+def _fractions(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fractions",
+        type=float,
+        nargs=3,
+        default=[0.7, 0.15, 0.15],
+        metavar=("TRAIN", "VAL", "TEST"),
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emergency-ensemble", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser(
+        "make-demo-data", help="build the synthetic demo dataset in the AI Hub layout"
+    )
+    p.add_argument("out", type=Path)
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="sound-package cache (default ~/.cache/emergency-ensemble)",
+    )
+    p.set_defaults(func=_make_demo_data)
+
+    p = sub.add_parser("import-aihub", help="AI Hub label JSON + audio -> manifest")
+    p.add_argument("root", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="manifest to write (.csv or .jsonl)")
+    p.add_argument(
+        "--extract-dir",
+        type=Path,
+        default=None,
+        help="where zips are unpacked (default ROOT/.extracted)",
+    )
+    p.add_argument(
+        "--labels", type=Path, default=None, help="taxonomy YAML (default configs/labels.yaml)"
+    )
+    p.add_argument(
+        "--split", action="store_true", help="also assign leak-free train/val/test splits"
+    )
+    _fractions(p)
+    p.set_defaults(func=_import_aihub)
+
+    p = sub.add_parser(
+        "split", help="assign leak-free splits (no speaker or transcript in two splits)"
+    )
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, default=None, help="default: rewrite MANIFEST")
+    _fractions(p)
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser("summary", help="clips per class and split, hours, speakers")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--labels", type=Path, default=None)
+    p.set_defaults(func=_summary)
+
+    p = sub.add_parser("demo", help="the main job on the demo data")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--per-class", type=int, default=20)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=None)
+    _fractions(p)
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Windows of labelled audio for every member: a Dataset over 30 s windows and a DataModule.
+
+Each item is one window of one clip: waveform `(N,)`, clip label, timestep labels `(T,)` (the class
+inside each annotated segment, `none` elsewhere and over padding), the valid-timestep mask `(T,)`,
+the transcript and where the window came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ensemble.core.audio import (
+    CHUNK_LENGTH,
+    ENCODER_STRIDE,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    AudioError,
+    audio_duration,
+    frame_windows,
+    load_audio,
+    samples_to_timesteps,
+    seconds_to_samples,
+    seconds_to_timesteps,
+)
+from ensemble.core.labels import Taxonomy, load_taxonomy
+from ensemble.core.manifest import clips, read_manifest
+from ensemble.core.splits import assign_splits
+
+log = logging.getLogger(__name__)
+
+
+def timestep_labels(
+    segments: list[tuple[float, float, str]],
+    taxonomy: Taxonomy,
+    window_start_s: float,
+    n_valid: int,
+    n_samples: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Labels `(T,)` int64 and valid mask `(T,)` bool of one window; T = n_samples / (hop * stride).
+
+    A segment (start, end, label) in clip seconds marks timesteps round(start*50)..round(end*50)-1
+    relative to the window; NaN bounds mean the whole clip. Padding is `none` and masked out.
+    """
+    n_steps = n_samples // (HOP_LENGTH * ENCODER_STRIDE)
+    valid = min(samples_to_timesteps(n_valid), n_steps)
+    labels = np.zeros(n_steps, dtype=np.int64)
+    for start, end, label in segments:
+        whole = math.isnan(start) or math.isnan(end)
+        lo = 0 if whole else seconds_to_timesteps(start - window_start_s)
+        hi = valid if whole else seconds_to_timesteps(end - window_start_s)
+        lo, hi = max(lo, 0), min(hi, valid)
+        if hi > lo:
+            labels[lo:hi] = taxonomy.id(label)
+    mask = np.arange(n_steps) < valid
+    return labels, mask
+
+
+@dataclass(frozen=True)
+class WindowRef:
+    clip: int  # row of the clips table
+    start: int  # first sample of the window, 16 kHz
+
+
+class WindowDataset(Dataset):
+    """Every window of every clip of a manifest (already filtered to one split)."""
+
+    def __init__(
+        self,
+        manifest: pd.DataFrame,
+        taxonomy: Taxonomy,
+        window_s: float = CHUNK_LENGTH,
+        hop_s: float | None = None,
+    ):
+        self.taxonomy = taxonomy
+        self.window_s, self.hop_s = window_s, hop_s
+        self.clips = clips(manifest)
+        self.n_samples = seconds_to_samples(window_s)
+        self.refs = self._index()
+
+    def _index(self) -> list[WindowRef]:
+        """Window starts per clip, from the file headers alone; unusable files are named together."""
+        refs, bad = [], []
+        for i, path in enumerate(self.clips["path"]):
+            try:
+                n = seconds_to_samples(audio_duration(path))
+            except AudioError as e:
+                bad.append(str(e))
+                continue
+            starts = [
+                w.start_s for w in frame_windows(np.empty(n, np.float32), self.window_s, self.hop_s)
+            ]
+            refs += [WindowRef(i, seconds_to_samples(s)) for s in starts]
+        if bad:
+            raise AudioError(
+                f"{len(bad)} file(s)", "unusable audio in the manifest:\n  " + "\n  ".join(bad)
+            )
+        return refs
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index: int) -> dict:
+        ref = self.refs[index]
+        clip = self.clips.iloc[ref.clip]
+        piece = load_audio(clip["path"])[ref.start : ref.start + self.n_samples]
+        wave = np.zeros(self.n_samples, dtype=np.float32)
+        wave[: len(piece)] = piece
+        start_s = ref.start / SAMPLE_RATE
+        labels, mask = timestep_labels(
+            clip["segments"], self.taxonomy, start_s, len(piece), self.n_samples
+        )
+        return {
+            "wave": torch.from_numpy(wave),
+            "label": torch.tensor(self._window_label(clip, labels), dtype=torch.long),
+            "frame_labels": torch.from_numpy(labels),
+            "mask": torch.from_numpy(mask),
+            "transcript": clip["transcript"],
+            "path": clip["path"],
+            "start_s": start_s,
+        }
+
+    def _window_label(self, clip: pd.Series, labels: np.ndarray) -> int:
+        """The class holding most timesteps of the window, or the clip's label if none does."""
+        counts = np.bincount(labels, minlength=self.taxonomy.n_outputs)[1:]
+        return int(counts.argmax()) + 1 if counts.any() else self.taxonomy.id(clip["label"])
+
+
+def collate(items: list[dict]) -> dict:
+    """Stack tensors `(B, ...)`; strings and floats become lists."""
+    out = {}
+    for key in items[0]:
+        values = [item[key] for item in items]
+        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    return out
+
+
+class AudioDataModule(pl.LightningDataModule):
+    """Windows of a manifest's train/val/test splits, batched for any member.
+
+    Batches: `wave (B, N)` float32, `label (B,)`, `frame_labels (B, T)`, `mask (B, T)` bool,
+    `transcript`, `path` (lists of B str), `start_s` (list of B float). N = window_s * 16000,
+    T = N / 320 (1500 for 30 s). A manifest without splits is split leak-free on the fly.
+    """
+
+    def __init__(
+        self,
+        manifest: str | Path,
+        labels: str | Path | None = None,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        window_s: float = CHUNK_LENGTH,
+        hop_s: float | None = None,
+        predict_split: str = "test",
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.taxonomy = load_taxonomy(labels)
+        self.datasets: dict[str, WindowDataset] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        df = read_manifest(self.hparams.manifest, self.taxonomy)
+        if (df["split"] == "").all():
+            log.warning(
+                "%s has no splits: splitting leak-free with the default fractions",
+                self.hparams.manifest,
+            )
+            df = assign_splits(df, seed=self.hparams.seed)
+        for split in ("train", "val", "test"):
+            part = df[df["split"] == split]
+            if len(part):
+                self.datasets[split] = WindowDataset(
+                    part, self.taxonomy, self.hparams.window_s, self.hparams.hop_s
+                )
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"{self.hparams.manifest} has no clips in split {split!r}")
+        generator = torch.Generator().manual_seed(self.hparams.seed)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=collate,
+            generator=generator,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.hparams.predict_split, shuffle=False)

@@ -1,0 +1,128 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+
+from ensemble.core.audio import N_SAMPLES, N_TIMESTEPS, SAMPLE_RATE, AudioError
+from ensemble.core.data import AudioDataModule, WindowDataset, timestep_labels
+from ensemble.core.labels import load_taxonomy
+from ensemble.core.manifest import validate, write_manifest
+
+TAX = load_taxonomy()
+
+
+def _wav(path, seconds):
+    rng = np.random.default_rng(0)
+    sf.write(
+        path,
+        (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32),
+        SAMPLE_RATE,
+    )
+    return str(path)
+
+
+def test_fire_segment_marks_timesteps_500_to_599():
+    labels, mask = timestep_labels(
+        [(10.0, 12.0, "fire")], TAX, 0.0, n_valid=20 * SAMPLE_RATE, n_samples=N_SAMPLES
+    )
+    fire = TAX.id("fire")
+    assert labels.shape == mask.shape == (N_TIMESTEPS,)
+    assert np.flatnonzero(labels == fire).tolist() == list(range(500, 600))
+    assert (labels[labels != fire] == 0).all()  # none elsewhere
+    assert mask.sum() == 1000 and mask[:1000].all()  # 20 s of audio = 1000 valid timesteps
+
+
+def test_whole_clip_segment_stops_at_padding():
+    labels, mask = timestep_labels(
+        [(math.nan, math.nan, "indoor")],
+        TAX,
+        0.0,
+        n_valid=12 * SAMPLE_RATE + 1,
+        n_samples=N_SAMPLES,
+    )
+    assert (labels[:601] == TAX.id("indoor")).all() and (labels[601:] == 0).all()
+    assert mask.sum() == 601  # a partial timestep counts as valid
+
+
+def test_segment_in_second_window_is_relative():
+    labels, _ = timestep_labels(
+        [(40.0, 41.0, "fall")], TAX, window_start_s=30.0, n_valid=N_SAMPLES, n_samples=N_SAMPLES
+    )
+    assert np.flatnonzero(labels).tolist() == list(range(500, 550))
+
+
+def test_dataset_windows_and_items(tmp_path):
+    df = validate(
+        pd.DataFrame(
+            {
+                "path": [
+                    _wav(tmp_path / "long.wav", 45.0),
+                    _wav(tmp_path / "short.wav", 20.0),
+                    _wav(tmp_path / "short.wav", 20.0),
+                ],
+                "label": ["fire", "fall", "fall"],
+                "event_start": [40.0, 1.0, 15.0],
+                "event_end": [42.0, 2.0, 16.0],
+                "transcript": ["불이야!", "", ""],
+            }
+        )
+    )
+    ds = WindowDataset(df, TAX)
+    assert [(r.clip, r.start) for r in ds.refs] == [(0, 0), (0, 30 * SAMPLE_RATE), (1, 0)]
+    second = ds[1]
+    assert second["wave"].shape == (N_SAMPLES,) and second["start_s"] == 30.0
+    assert torch.nonzero(second["frame_labels"]).flatten().tolist() == list(range(500, 600))
+    assert second["mask"].sum() == 750 and second["label"] == TAX.id("fire")
+    assert (second["wave"][15 * SAMPLE_RATE :] == 0).all()
+    # a window with no event still carries its clip's class
+    assert ds[0]["label"] == TAX.id("fire") and ds[0]["frame_labels"].sum() == 0
+    # two annotations of one clip mark both segments
+    short = ds[2]["frame_labels"]
+    assert torch.nonzero(short).flatten().tolist() == [*range(50, 100), *range(750, 800)]
+
+
+def test_datamodule_batches(tmp_path):
+    paths = [_wav(tmp_path / f"c{i}.wav", 10.0 + i) for i in range(6)]
+    df = pd.DataFrame(
+        {"path": paths, "label": ["fire", "indoor"] * 3, "split": ["train"] * 4 + ["val", "test"]}
+    )
+    manifest = write_manifest(df, tmp_path / "m.csv")
+    dm = AudioDataModule(str(manifest), batch_size=3)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["wave"].shape == (3, N_SAMPLES) and batch["wave"].dtype == torch.float32
+    assert batch["label"].shape == (3,) and batch["frame_labels"].shape == batch["mask"].shape == (
+        3,
+        N_TIMESTEPS,
+    )
+    assert batch["mask"].dtype == torch.bool and isinstance(batch["transcript"], list)
+    assert len(dm.datasets["val"]) == len(dm.datasets["test"]) == 1
+
+
+def test_datamodule_names_bad_files(tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    df = pd.DataFrame(
+        {
+            "path": [_wav(tmp_path / "ok.wav", 10.0), str(bad)],
+            "label": ["fire", "fall"],
+            "split": ["train", "train"],
+        }
+    )
+    dm = AudioDataModule(str(write_manifest(df, tmp_path / "m.csv")))
+    with pytest.raises(AudioError, match=r"bad\.wav: not an audio file"):
+        dm.setup("fit")
+
+
+def test_datamodule_splits_an_unsplit_manifest(demo, tmp_path):
+    from ensemble.core.aihub import import_aihub
+
+    root, _ = demo
+    manifest = write_manifest(import_aihub(root)[0], tmp_path / "m.csv")
+    dm = AudioDataModule(str(manifest))
+    dm.setup()
+    assert set(dm.datasets) == {"train", "val", "test"}
+    assert sum(len(d) for d in dm.datasets.values()) == 38
