@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ensemble.core.audio import audio_duration
 from ensemble.core.labels import Taxonomy, load_taxonomy
 
 COLUMNS = ("path", "label", "transcript", "event_start", "event_end", "speaker", "split", "source")
@@ -141,8 +142,6 @@ def clips(df: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(df: pd.DataFrame, taxonomy: Taxonomy | None = None) -> str:
     """Clips per class and split, hours of audio and speakers, as a plain-text table."""
-    from ensemble.core.audio import audio_duration
-
     taxonomy = taxonomy or load_taxonomy()
     per_clip = clips(df)
     per_clip["hours"] = [audio_duration(p) / 3600 for p in per_clip["path"]]

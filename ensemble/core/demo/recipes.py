@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 # Event sounds of each emergency class: (pool, probability). Related classes share pools
 # (screams in assault, robbery and violence; crashes in collapse, earthquake and typhoon; thuds in
 # fall and medical emergencies) so that what is said matters, not only what is heard.
@@ -63,6 +65,27 @@ BED_POOLS = {
     "washer_dryer": "motor_low",
     "vacuum_cleaner": "motor_air",
     "other_appliance": "machine",
+}
+
+
+@dataclass(frozen=True)
+class Motor:
+    """How a motor loop becomes an appliance: pitch factor, filter, and a slow level rhythm."""
+
+    pitch: tuple[float, float]  # playback speed factor
+    filter: str  # "lowpass" or "highpass"
+    cutoff: tuple[float, float]  # Hz
+    period: tuple[float, float]  # s, one drum turn or one push of the nozzle
+    depth: tuple[float, float]  # fraction of the level the rhythm takes away
+
+
+MOTORS = {
+    "washer_dryer": Motor(
+        (0.6, 1.0), "lowpass", (300.0, 1000.0), (0.8, 1.8), (0.3, 0.8)
+    ),  # tumbling drum
+    "vacuum_cleaner": Motor(
+        (1.6, 2.6), "highpass", (250.0, 700.0), (2.0, 4.0), (0.1, 0.3)
+    ),  # whining fan
 }
 # Incidental everyday sounds in normal clips, by background.
 INCIDENTAL = {

@@ -138,26 +138,14 @@ def render_bed(
     """
     source_id, base = _pick(pool, recipes.BED_POOLS[kind], rng)
     sources = [source_id]
-    if kind == "washer_dryer":
+    if kind in recipes.MOTORS:
+        m = recipes.MOTORS[kind]
         base = filtered(
-            repitch(base, float(rng.uniform(0.6, 1.0))), "lowpass", float(rng.uniform(300, 1000))
+            repitch(base, float(rng.uniform(*m.pitch))), m.filter, float(rng.uniform(*m.cutoff))
         )
-        wave = modulate(
-            loop_to(base, n, rng),
-            float(rng.uniform(0.8, 1.8)),
-            float(rng.uniform(0.3, 0.8)),
-            float(rng.uniform(0, 2 * np.pi)),
-        )
-    elif kind == "vacuum_cleaner":
-        base = filtered(
-            repitch(base, float(rng.uniform(1.6, 2.6))), "highpass", float(rng.uniform(250, 700))
-        )
-        wave = modulate(
-            loop_to(base, n, rng),
-            float(rng.uniform(2.0, 4.0)),
-            float(rng.uniform(0.1, 0.3)),
-            float(rng.uniform(0, 2 * np.pi)),
-        )
+        looped = loop_to(base, n, rng)  # draws from rng before the rhythm does
+        period, depth = float(rng.uniform(*m.period)), float(rng.uniform(*m.depth))
+        wave = modulate(looped, period, depth, float(rng.uniform(0, 2 * np.pi)))
     elif kind == "other_appliance":
         wave = loop_to(repitch(base, float(rng.uniform(0.85, 1.2))), n, rng)
     else:
