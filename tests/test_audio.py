@@ -415,3 +415,19 @@ def test_stream_windows_match_frame_windows_16k(tmp_path):
     framed = frame_windows(load_audio(path), 20, 5)
     streamed = list(stream_windows(path, 20, 5, block_s=7.0))
     _assert_same_windows(streamed, framed)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "hop_s", "expected_s"),
+    [
+        (0.0, None, [0]),
+        (12.0, None, [0]),
+        (30.0, None, [0]),  # exactly one window
+        (60.0, None, [0, 30]),  # exactly two, no empty third
+        (75.3, None, [0, 30, 60]),
+        (75.3, 10.0, [0, 10, 20, 30, 40, 50]),  # 60 would lie inside the window at 50
+    ],
+)
+def test_window_starts(seconds, hop_s, expected_s):
+    starts = audio.window_starts(round(seconds * audio.SAMPLE_RATE), 30.0, hop_s)
+    assert starts == [round(s * audio.SAMPLE_RATE) for s in expected_s]

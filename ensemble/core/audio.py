@@ -187,6 +187,17 @@ class Window:
     n_valid: int
 
 
+def window_starts(
+    n_samples: int, window_s: float = CHUNK_LENGTH, hop_s: float | None = None
+) -> list[int]:
+    """First sample of every window over `n_samples` samples: every `hop_s` until one reaches the end."""
+    win, hop = _window_hop(window_s, hop_s)
+    starts = [0]
+    while n_samples - starts[-1] > win:
+        starts.append(starts[-1] + hop)
+    return starts
+
+
 def frame_windows(
     wave: np.ndarray, window_s: float = CHUNK_LENGTH, hop_s: float | None = None
 ) -> list[Window]:
@@ -195,13 +206,10 @@ def frame_windows(
     Every sample falls in at least one window; the last is padded with zeros. Audio shorter than
     a window gives one padded window.
     """
-    win, hop = _window_hop(window_s, hop_s)
-    starts = range(0, max(len(wave) - win, 0) + hop, hop) if len(wave) > win else [0]
+    win = seconds_to_samples(window_s)
     windows = []
-    for i, s in enumerate(starts):
+    for i, s in enumerate(window_starts(len(wave), window_s, hop_s)):
         piece = wave[s : s + win]
-        if i and len(piece) <= win - hop:
-            break  # this tail lies wholly inside the previous window
         padded = np.zeros(win, dtype=np.float32)
         padded[: len(piece)] = piece
         windows.append(Window(i, s / SAMPLE_RATE, padded, len(piece)))

@@ -25,11 +25,11 @@ from ensemble.core.audio import (
     SAMPLE_RATE,
     AudioError,
     audio_duration,
-    frame_windows,
     load_audio,
     samples_to_timesteps,
     seconds_to_samples,
     seconds_to_timesteps,
+    window_starts,
 )
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import clips, read_manifest
@@ -95,10 +95,7 @@ class WindowDataset(Dataset):
             except AudioError as e:
                 bad.append(str(e))
                 continue
-            starts = [
-                w.start_s for w in frame_windows(np.empty(n, np.float32), self.window_s, self.hop_s)
-            ]
-            refs += [WindowRef(i, seconds_to_samples(s)) for s in starts]
+            refs += [WindowRef(i, s) for s in window_starts(n, self.window_s, self.hop_s)]
         if bad:
             raise AudioError(
                 f"{len(bad)} file(s)", "unusable audio in the manifest:\n  " + "\n  ".join(bad)
