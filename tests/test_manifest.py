@@ -329,3 +329,19 @@ def test_clips_keeps_the_first_annotation_row(tmp_path):
     assert c["speaker"][0] == ""
     assert c["segments"][0][1] == (2.0, 3.0, "robbery")
     assert c["segments"][1] == [(0.0, 1.0, "fall")]
+
+
+def test_clips_joins_the_transcripts_of_all_annotations():
+    df = validate(
+        pd.DataFrame(
+            {
+                "path": ["a.wav", "a.wav", "a.wav", "b.wav"],
+                "label": ["fire", "fire", "fire", "fall"],
+                "event_start": [1.0, 5.0, 9.0, NAN],
+                "event_end": [2.0, 6.0, 10.0, NAN],
+                "transcript": ["불이야!", "", " 살려주세요! ", ""],
+            }
+        )
+    )
+    c = clips(df)
+    assert list(c["transcript"]) == ["불이야! 살려주세요!", ""]

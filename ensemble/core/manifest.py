@@ -128,9 +128,14 @@ def _relative(p: str, root: Path) -> str:
 
 
 def clips(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per audio file: the first annotation's label, and every segment as a list."""
+    """One row per audio file: the first annotation's fields, every segment as a list, and the
+    transcripts of all its annotations joined in order (each annotation's `note` is what was said
+    in its segment)."""
     grouped = df.groupby("path", sort=False)
     out = df.drop_duplicates("path", keep="first").set_index("path")  # not .first(): skips NaN
+    out["transcript"] = grouped["transcript"].agg(
+        lambda t: " ".join(x.strip() for x in t if x.strip())
+    )
     out["segments"] = grouped.apply(
         lambda g: [
             (s, e, lab) for s, e, lab in zip(g.event_start, g.event_end, g.label, strict=True)
