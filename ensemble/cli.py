@@ -88,6 +88,29 @@ def _demo(args: argparse.Namespace) -> None:
     print(f"demo finished in {time.perf_counter() - t0:.1f} s; manifest: {manifest}")
 
 
+LIGHTNING = ("fit", "validate", "test", "predict")
+
+
+def lightning(argv: list[str]) -> None:
+    """`fit|validate|test|predict --config configs/<member>.yaml`: LightningCLI over any member.
+
+    The member and the data come from `class_path` entries of the config, so this module imports no
+    member. Checkpoints and logs go to the trainer's `default_root_dir`.
+    """
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,  # members build their own optimiser from their arguments
+        save_config_kwargs={"overwrite": True},
+        args=argv,
+    )
+
+
 def _fractions(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fractions",
@@ -157,10 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path, default=None)
     _fractions(p)
     p.set_defaults(func=_demo)
+
+    for name in LIGHTNING:  # parsed by LightningCLI: listed here for --help only
+        sub.add_parser(
+            name,
+            add_help=False,
+            help=f"{name} a member: --config configs/<member>.yaml (see `{name} --help`)",
+        )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LIGHTNING:
+        lightning(argv)
+        return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

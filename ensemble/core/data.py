@@ -11,6 +11,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -146,6 +147,8 @@ class AudioDataModule(pl.LightningDataModule):
     Batches: `wave (B, N)` float32, `label (B,)`, `frame_labels (B, T)`, `mask (B, T)` bool,
     `transcript`, `path` (lists of B str), `start_s` (list of B float). N = window_s * 16000,
     T = N / 320 (1500 for 30 s). A manifest without splits is split leak-free on the fly.
+    `train_classes="normal"` keeps only clips without any emergency annotation in the train split
+    (the anomaly member learns from normal audio only); val and test keep every clip.
     """
 
     def __init__(
@@ -157,6 +160,7 @@ class AudioDataModule(pl.LightningDataModule):
         window_s: float = CHUNK_LENGTH,
         hop_s: float | None = None,
         predict_split: str = "test",
+        train_classes: Literal["all", "normal", "emergency"] = "all",
         seed: int = 0,
     ):
         super().__init__()
@@ -176,10 +180,19 @@ class AudioDataModule(pl.LightningDataModule):
             df = assign_splits(df, seed=self.hparams.seed)
         for split in ("train", "val", "test"):
             part = df[df["split"] == split]
+            if split == "train":
+                part = self._keep(part, self.hparams.train_classes)
             if len(part):
                 self.datasets[split] = WindowDataset(
                     part, self.taxonomy, self.hparams.window_s, self.hparams.hop_s
                 )
+
+    def _keep(self, df: pd.DataFrame, kind: str) -> pd.DataFrame:
+        """Rows of the clips of one kind: a clip is an emergency if any of its rows is."""
+        if kind == "all":
+            return df
+        emergency = df["label"].map(self.taxonomy.is_emergency).groupby(df["path"]).transform("any")
+        return df[emergency] if kind == "emergency" else df[~emergency]
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:

@@ -1,0 +1,142 @@
+"""The member protocol: what every member's prediction returns, and checkpoints that rebuild.
+
+Every member is a `MemberModule` (a LightningModule) around a plain `nn.Module` whose sizes are a
+frozen dataclass `model.config`. Its checkpoints hold that config, the module's own
+hyperparameters and the class path of the module, so `load_member(path)` rebuilds the member from
+the file alone, loading with `weights_only=True` and a strict key check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor, nn
+
+from ensemble.core.labels import Taxonomy
+
+
+@dataclass
+class MemberOutput:
+    """One member's prediction for a batch of B windows.
+
+    p_emergency `(B,)` in [0, 1]; vote `(B,)` bool after the member's threshold; class_probs
+    `(B, K)` over the K situations (column k is taxonomy id k + 1); frame_probs `(B, T, K + 1)` with
+    column 0 = none; transcript B strings; embedding `(B, D)`.
+    """
+
+    p_emergency: Tensor
+    vote: Tensor
+    class_probs: Tensor | None = None
+    frame_probs: Tensor | None = None
+    transcript: list[str] | None = None
+    embedding: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.p_emergency.ndim != 1:
+            raise ValueError(f"p_emergency must be (B,), got {tuple(self.p_emergency.shape)}")
+        B = self.p_emergency.shape[0]
+        if self.vote.shape != (B,) or self.vote.dtype != torch.bool:
+            raise ValueError(
+                f"vote must be (B,) bool, got {tuple(self.vote.shape)} {self.vote.dtype}"
+            )
+        for name, ndim in (("class_probs", 2), ("frame_probs", 3), ("embedding", 2)):
+            value = getattr(self, name)
+            if value is not None and (value.ndim != ndim or value.shape[0] != B):
+                raise ValueError(
+                    f"{name} must have {ndim} dims and B={B} rows, got {tuple(value.shape)}"
+                )
+        if self.transcript is not None and len(self.transcript) != B:
+            raise ValueError(f"transcript must have B={B} strings, got {len(self.transcript)}")
+
+    def cpu(self) -> MemberOutput:
+        """A copy with every tensor detached on the CPU."""
+        return dataclasses.replace(
+            self,
+            **{
+                f.name: getattr(self, f.name).detach().cpu()
+                for f in dataclasses.fields(self)
+                if isinstance(getattr(self, f.name), Tensor)
+            },
+        )
+
+
+def emergency_probability(class_probs: Tensor, taxonomy: Taxonomy) -> Tensor:
+    """Summed probability of the emergency situations: `(B, K)` -> `(B,)`."""
+    columns = [i - 1 for i in taxonomy.emergency_ids]
+    return class_probs[:, columns].sum(dim=1)
+
+
+def emergency_targets(labels: Tensor, taxonomy: Taxonomy) -> Tensor:
+    """Taxonomy ids `(B,)` -> `(B,)` bool, True for an emergency situation."""
+    ids = torch.tensor(taxonomy.emergency_ids, device=labels.device)
+    return torch.isin(labels, ids)
+
+
+class MemberModule(pl.LightningModule):
+    """Base of every member: self-rebuilding checkpoints around `self.model`.
+
+    Subclasses set `model_class`: an `nn.Module` whose `__init__` takes an instance of its
+    `config_class` (a frozen dataclass) and keeps it as `self.config`. They, call `save_hyperparameters(ignore=["model", ...])` with only
+    plain values left, and implement `predict_step(batch) -> MemberOutput`.
+    """
+
+    model_class: ClassVar[type[nn.Module]]
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        if not isinstance(model, self.model_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.model_class.__name__}, got {type(model).__name__}"
+            )
+        self.model = model
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["member_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["model_config"] = dataclasses.asdict(self.model.config)
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+    ) -> MemberModule:
+        """Rebuild from a checkpoint of this member (strict keys); `overrides` replace hparams."""
+        ckpt = _read_checkpoint(path, map_location)
+        if ckpt["member_class"] != f"{cls.__module__}.{cls.__qualname__}":
+            raise ValueError(
+                f"{path}: a checkpoint of {ckpt['member_class']}, not of {cls.__qualname__}"
+            )
+        model = cls.model_class(cls.model_class.config_class(**ckpt["model_config"]))
+        hparams = {
+            k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")
+        }
+        module = cls(model=model, **{**hparams, **overrides})
+        module.load_state_dict(ckpt["state_dict"], strict=True)
+        return module.eval()
+
+
+def _read_checkpoint(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # unpickling errors come in many types
+        raise ValueError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+    for key in ("member_class", "model_config", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a member checkpoint (no {key!r})")
+    return ckpt
+
+
+def load_member(
+    path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
+) -> MemberModule:
+    """Any member from its checkpoint: the class is named inside the file."""
+    module_name, _, name = _read_checkpoint(path, map_location)["member_class"].rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    return cls.from_checkpoint(path, map_location, **overrides)

@@ -1,0 +1,162 @@
+"""Evaluation metrics (scikit-learn) and their plots, shared by every member and the ensemble.
+
+Class labels are taxonomy ids 1..K; emergency/normal follows the taxonomy's flags. Plots use the
+English class names (matplotlib's default font has no Hangul).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    roc_auc_score,
+    roc_curve,
+)
+
+from ensemble.core.labels import Taxonomy
+
+log = logging.getLogger(__name__)
+
+
+def class_metrics(y_true: np.ndarray, y_pred: np.ndarray, taxonomy: Taxonomy) -> dict[str, float]:
+    """19-class and emergency/normal accuracy and F1 of predicted taxonomy ids `(N,)`."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) != len(y_pred) or len(y_true) == 0:
+        raise ValueError(f"need equal, non-empty label arrays, got {len(y_true)} and {len(y_pred)}")
+    classes = np.arange(1, taxonomy.n_outputs)
+    emergency = np.asarray(taxonomy.emergency_ids)
+    b_true, b_pred = np.isin(y_true, emergency), np.isin(y_pred, emergency)
+    present = np.union1d(y_true, y_pred)
+    return {
+        "n": len(y_true),
+        "acc": float(accuracy_score(y_true, y_pred)),
+        # macro over the classes present in truth or prediction (absent ones would count as 0)
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=classes[np.isin(classes, present)], average="macro")
+        ),
+        "binary_acc": float(accuracy_score(b_true, b_pred)),
+        "binary_f1": float(f1_score(b_true, b_pred, zero_division=0.0)),
+    }
+
+
+def binary_metrics(
+    is_emergency: np.ndarray, score: np.ndarray, max_fpr: float = 0.1
+) -> dict[str, float]:
+    """ROC AUC and partial AUC (FPR <= max_fpr, McClish-standardised as scikit-learn gives it).
+
+    NaN when the labels hold only one kind (the AUC is undefined then).
+    """
+    y, s = np.asarray(is_emergency, dtype=bool), np.asarray(score, dtype=np.float64)
+    if len(y) != len(s):
+        raise ValueError(f"labels and scores differ in length: {len(y)} vs {len(s)}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or inf")
+    if y.all() or not y.any():
+        log.warning("AUC undefined: all %d labels are %s", len(y), bool(y[0]) if len(y) else "-")
+        return {"auc": math.nan, "pauc": math.nan}
+    return {
+        "auc": float(roc_auc_score(y, s)),
+        "pauc": float(roc_auc_score(y, s, max_fpr=max_fpr)),
+    }
+
+
+def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
+    """The score above which a fraction `fpr` of normal scores lies (higher score = anomalous)."""
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no normal scores to set a threshold from")
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
+    return float(np.quantile(scores, 1.0 - fpr))
+
+
+def class_confusion(y_true: np.ndarray, y_pred: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
+    """Counts `(K, K)`: row = true class id - 1, column = predicted class id - 1."""
+    return confusion_matrix(y_true, y_pred, labels=np.arange(1, taxonomy.n_outputs))
+
+
+def plot_confusion(cm: np.ndarray, taxonomy: Taxonomy, path: str | Path, title: str = "") -> Path:
+    """A row-normalised confusion matrix `(K, K)` as a PNG, counts written in the cells."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.en for c in taxonomy.classes[1:]]
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
+    fig, ax = plt.subplots(figsize=(11, 9.5))
+    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    for i, j in zip(*np.nonzero(cm), strict=True):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
+    n_emergency = len(taxonomy.emergency_ids)
+    if taxonomy.emergency_ids == tuple(range(1, n_emergency + 1)):  # emergencies first: a border
+        ax.axhline(n_emergency - 0.5, color="red", lw=0.8)
+        ax.axvline(n_emergency - 0.5, color="red", lw=0.8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or f"confusion ({int(cm.sum())} clips, rows normalised)")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_roc(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
+) -> Path:
+    """ROC curves, one per name -> (is_emergency, score), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (y, s) in curves.items():
+        fpr, tpr, _ = roc_curve(y, s)
+        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.set_title(title or "ROC")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(metrics: dict, path: str | Path) -> Path:
+    """Metrics as indented JSON (NaN written as null)."""
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {str(k): clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.ndarray):
+            return clean(x.tolist())
+        if isinstance(x, (float, np.floating)):
+            return None if math.isnan(x) else float(x)
+        return x.item() if isinstance(x, np.generic) else x
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(clean(metrics), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
+    return path
