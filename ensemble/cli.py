@@ -91,7 +91,7 @@ def _demo(args: argparse.Namespace) -> None:
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 
-def lightning(argv: list[str]) -> None:
+def lightning(argv: list[str] | None) -> None:
     """`fit|validate|test|predict --config configs/<member>.yaml`: LightningCLI over any member.
 
     The member and the data come from `class_path` entries of the config, so this module imports no
@@ -191,9 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in LIGHTNING:
-        lightning(argv)
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in LIGHTNING:
+        lightning(argv)  # None: LightningCLI reads sys.argv itself
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(

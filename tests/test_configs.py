@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 
@@ -10,7 +11,7 @@ from ensemble.core.data import AudioDataModule
 from ensemble.core.labels import load_taxonomy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KNOWN = {"labels.yaml", "data.yaml"}
+KNOWN = {"labels.yaml", "data.yaml", "cnn.yaml", "anomaly.yaml"}
 
 
 def test_every_config_is_covered():
@@ -38,6 +39,78 @@ def test_data_yaml_instantiates(demo, tmp_path):
     assert isinstance(dm, AudioDataModule) and dm.hparams.batch_size == 8
     dm.setup()
     assert next(iter(dm.val_dataloader()))["wave"].shape[1] == 480000
+
+
+def lightning_cli(config: str, manifest, tmp_path, *overrides: str):
+    """A member config through LightningCLI (run=False), shrunk to the test's data and folder."""
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    return LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        run=False,
+        args=[
+            "--config",
+            str(CONFIGS / config),
+            f"--data.init_args.manifest={manifest}",
+            "--data.init_args.num_workers=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            *overrides,
+        ],
+    )
+
+
+def test_cnn_yaml_instantiates_and_trains_a_step(demo_manifest, tmp_path):
+    from cnn.module import CNNModule
+
+    cli = lightning_cli(
+        "cnn.yaml",
+        demo_manifest,
+        tmp_path,
+        "--trainer.logger=false",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+    )
+    assert isinstance(cli.model, CNNModule) and cli.model.model.config.widths == (16, 32, 64, 128)
+    assert cli.datamodule.hparams.batch_size == 16 and cli.trainer.max_epochs == 20
+    optimizer = cli.model.optimizer(cli.model.parameters())
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 0.003
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+
+
+def test_anomaly_yaml_instantiates(demo, tmp_path):
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    from anomaly.module import AnomalyModule
+    from ensemble.core.aihub import import_aihub
+    from ensemble.core.manifest import write_manifest
+
+    manifest = write_manifest(import_aihub(demo[0])[0], tmp_path / "m.csv")
+    cli = LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        run=False,
+        args=[
+            f"--config={CONFIGS / 'anomaly.yaml'}",
+            f"--data.init_args.manifest={manifest}",
+            "--data.init_args.num_workers=0",
+            f"--trainer.default_root_dir={tmp_path}",
+            "--trainer.logger=false",
+        ],
+    )
+    assert isinstance(cli.model, AnomalyModule) and cli.datamodule.hparams.train_classes == "normal"
+    c = cli.model.model.config
+    assert (c.image_size, c.pooling, c.width, c.embed_dim) == (768, "avg", 64, 128)
+    assert cli.model.configure_optimizers().defaults["lr"] == 0.001
 
 
 def test_unknown_key_is_rejected():

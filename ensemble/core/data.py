@@ -69,6 +69,7 @@ def timestep_labels(
 class WindowRef:
     clip: int  # row of the clips table
     start: int  # first sample of the window, 16 kHz
+    n_valid: int  # samples of audio in the window (the rest is padding)
 
 
 class WindowDataset(Dataset):
@@ -96,7 +97,10 @@ class WindowDataset(Dataset):
             except AudioError as e:
                 bad.append(str(e))
                 continue
-            refs += [WindowRef(i, s) for s in window_starts(n, self.window_s, self.hop_s)]
+            refs += [
+                WindowRef(i, s, min(n - s, self.n_samples))
+                for s in window_starts(n, self.window_s, self.hop_s)
+            ]
         if bad:
             raise AudioError(
                 f"{len(bad)} file(s)", "unusable audio in the manifest:\n  " + "\n  ".join(bad)
@@ -125,6 +129,21 @@ class WindowDataset(Dataset):
             "path": clip["path"],
             "start_s": start_s,
         }
+
+    def window_labels(self) -> np.ndarray:
+        """The label of every window `(len(self),)`, from the manifest alone (no audio read)."""
+        out = np.empty(len(self.refs), dtype=np.int64)
+        for k, ref in enumerate(self.refs):
+            clip = self.clips.iloc[ref.clip]
+            labels, _ = timestep_labels(
+                clip["segments"],
+                self.taxonomy,
+                ref.start / SAMPLE_RATE,
+                ref.n_valid,
+                self.n_samples,
+            )
+            out[k] = self._window_label(clip, labels)
+        return out
 
     def _window_label(self, clip: pd.Series, labels: np.ndarray) -> int:
         """The class holding most timesteps of the window, or the clip's label if none does."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
 import pytorch_lightning as pl
@@ -97,6 +97,9 @@ class MemberModule(pl.LightningModule):
         self.model = model
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # paths (e.g. the DataModule's manifest) would make the file unloadable with weights_only
+        for key, value in checkpoint.items():
+            checkpoint[key] = _plain(value)
         checkpoint["member_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["model_config"] = dataclasses.asdict(self.model.config)
 
@@ -117,6 +120,17 @@ class MemberModule(pl.LightningModule):
         module = cls(model=model, **{**hparams, **overrides})
         module.load_state_dict(ckpt["state_dict"], strict=True)
         return module.eval()
+
+
+def _plain(value: Any) -> Any:
+    """`value` with every `PurePath` inside dicts, lists and tuples turned into a str."""
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, dict):
+        return type(value)((k, _plain(v)) for k, v in value.items())
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_plain(v) for v in value)
+    return value
 
 
 def _read_checkpoint(path: str | Path, map_location: str | torch.device) -> dict[str, Any]:

@@ -1,0 +1,203 @@
+"""Training and prediction of the mel CNN: cross-entropy with SpecAugment, mixup, class weights."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.cli import OptimizerCallable
+from torch import Tensor
+from torchmetrics import MetricCollection
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MulticlassF1Score
+
+from cnn.augment import mixup, spec_augment
+from cnn.model import MelCNN
+from ensemble.core.audio import ENCODER_STRIDE, HOP_LENGTH, seconds_to_samples
+from ensemble.core.labels import load_taxonomy
+from ensemble.core.member import MemberModule, MemberOutput, emergency_probability
+from ensemble.core.metrics import class_confusion, class_metrics, plot_confusion, write_json
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PER_TIMESTEP = HOP_LENGTH * ENCODER_STRIDE  # 320: the DataModule's mask is per timestep
+
+
+def valid_samples(mask: Tensor) -> Tensor:
+    """Samples of audio per window `(B,)` from the valid-timestep mask `(B, T)`."""
+    return mask.sum(dim=1) * SAMPLES_PER_TIMESTEP
+
+
+def event_crops(wave: Tensor, frame_labels: Tensor, mask: Tensor, crop_s: float) -> Tensor:
+    """A `crop_s` piece of each window around a random timestep of its event: `(B, N)` -> `(B, n)`.
+
+    The piece holds a timestep drawn from those labelled with a class (any valid one if none is),
+    at a random place in the piece, and stays inside the audio where the audio is long enough.
+    Draws from torch's global generator.
+    """
+    B, N = wave.shape
+    n = min(seconds_to_samples(crop_s), N)
+    event = (frame_labels > 0) & mask
+    pick = torch.where(event.any(dim=1, keepdim=True), event, mask).float() + 1e-9  # (B, T)
+    t = torch.multinomial(pick, 1)[:, 0]  # (B,) timestep inside the event
+    start = t * SAMPLES_PER_TIMESTEP - torch.randint(0, n, (B,), device=wave.device)
+    end = valid_samples(mask).clamp(min=n)
+    start = start.clamp(min=0).minimum(end - n)  # (B,)
+    index = start[:, None] + torch.arange(n, device=wave.device)  # (B, n)
+    return wave.gather(1, index)
+
+
+def cosine_with_warmup(
+    opt: torch.optim.Optimizer, n_steps: int | float, warmup: float = 0.05
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` of the steps, then cosine decay to zero."""
+    n_steps = max(int(n_steps), 1)
+    n_warm = max(int(warmup * n_steps), 1)
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        return 0.5 * (
+            1 + math.cos(math.pi * min(step - n_warm, n_steps) / max(n_steps - n_warm, 1))
+        )
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+class CNNModule(MemberModule):
+    """The mel CNN as an ensemble member.
+
+    Targets are taxonomy ids 1..K (column k of the logits is id k + 1). `class_weights="balanced"`
+    weighs the loss by N / (K * count) from the train split's window labels. Validation and test log
+    `stage/acc`, `stage/binary_acc` (emergency vs normal) and `stage/macro_f1`; the test also writes
+    `test_metrics.json` and `test_confusion.png` (scikit-learn) next to the logs.
+    """
+
+    model_class = MelCNN
+
+    def __init__(
+        self,
+        model: MelCNN,
+        labels: str | None = None,
+        optimizer: OptimizerCallable | None = None,
+        spec_augment: bool = True,
+        mixup_alpha: float = 0.0,
+        class_weights: Literal["none", "balanced"] = "balanced",
+        lr_schedule: Literal["constant", "cosine"] = "cosine",
+        crop_s: float | None = 10.0,
+        threshold: float = 0.5,
+    ):
+        super().__init__(model)
+        self.save_hyperparameters(ignore=["model", "optimizer"])
+        self.taxonomy = load_taxonomy(labels)
+        K = self.taxonomy.n_classes
+        if model.config.n_classes != K:
+            raise ValueError(f"the model has {model.config.n_classes} classes, the labels {K}")
+        if mixup_alpha < 0 or not 0 < threshold < 1:
+            raise ValueError(
+                f"need mixup_alpha >= 0 and 0 < threshold < 1, got {mixup_alpha}, {threshold}"
+            )
+        self.optimizer = optimizer
+        self.register_buffer("class_weight", torch.ones(K))
+        metrics = MetricCollection(
+            {
+                "acc": MulticlassAccuracy(K, average="micro"),
+                "macro_f1": MulticlassF1Score(K, average="macro"),
+            }
+        )
+        self.metrics = torch.nn.ModuleDict(
+            {s: metrics.clone(prefix=f"{s}/") for s in ("val", "test")}
+        )
+        self.binary = torch.nn.ModuleDict({s: BinaryAccuracy() for s in ("val", "test")})
+        self._test: list[tuple[Tensor, Tensor]] = []
+
+    def configure_optimizers(self):
+        if self.optimizer is not None:
+            opt = self.optimizer(self.parameters())
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=1e-2)
+        if self.hparams.lr_schedule == "constant":
+            return opt
+        sched = cosine_with_warmup(opt, self.trainer.estimated_stepping_batches)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        if self.hparams.class_weights == "balanced":
+            dataset = self.trainer.datamodule.datasets["train"]
+            counts = torch.bincount(
+                torch.as_tensor(dataset.window_labels()) - 1, minlength=len(self.class_weight)
+            )
+            weight = counts.sum() / (len(counts) * counts.clamp(min=1))
+            self.class_weight.copy_(torch.where(counts > 0, weight, torch.ones_like(weight)))
+            log.info(
+                "class weights from %d train windows: %s",
+                int(counts.sum()),
+                self.class_weight.tolist(),
+            )
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        y = batch["label"] - 1  # (B,)
+        wave = batch["wave"]
+        if self.hparams.crop_s:
+            wave = event_crops(wave, batch["frame_labels"], batch["mask"], self.hparams.crop_s)
+        mel = self.model.mel(wave)  # (B, F, T)
+        if self.hparams.spec_augment:
+            mel = spec_augment(mel)
+        if self.hparams.mixup_alpha > 0:
+            mel, y_b, lam = mixup(mel, y, self.hparams.mixup_alpha)
+            logits = self.model.forward_mel(mel).logits
+            loss = lam * self._ce(logits, y) + (1 - lam) * self._ce(logits, y_b)
+        else:
+            loss = self._ce(self.model.forward_mel(mel).logits, y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(y))
+        return loss
+
+    def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(logits, y, weight=self.class_weight)
+
+    def _eval_step(self, batch: dict, stage: str) -> Tensor:
+        y = batch["label"] - 1
+        logits = self.model(batch["wave"], valid_samples(batch["mask"])).logits
+        loss = self._ce(logits, y)
+        pred = logits.argmax(dim=1)
+        emergency = torch.tensor(self.taxonomy.emergency_ids, device=y.device) - 1
+        self.metrics[stage].update(pred, y)
+        self.binary[stage].update(torch.isin(pred, emergency), torch.isin(y, emergency))
+        self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)
+        self.log_dict(self.metrics[stage], batch_size=len(y))
+        self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=len(y))
+        return pred
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self._eval_step(batch, "test")
+        self._test.append((batch["label"].cpu(), pred.cpu() + 1))
+
+    def on_test_epoch_end(self) -> None:
+        """scikit-learn metrics and the confusion matrix of this process's test windows."""
+        y_true, y_pred = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
+        self._test.clear()
+        if self.trainer.world_size > 1:
+            log.warning("test metrics files cover rank %d only", self.global_rank)
+        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        metrics = class_metrics(y_true, y_pred, self.taxonomy)
+        cm = class_confusion(y_true, y_pred, self.taxonomy)
+        write_json({**metrics, "confusion": cm}, out / "test_metrics.json")
+        plot_confusion(cm, self.taxonomy, out / "test_confusion.png", "mel CNN, test split")
+        log.info("test: %s; written to %s", metrics, out)
+
+    def predict_step(self, batch: dict, batch_idx: int = 0) -> MemberOutput:
+        out = self.model(batch["wave"], valid_samples(batch["mask"]))
+        probs = out.logits.softmax(dim=1)  # (B, K)
+        p = emergency_probability(probs, self.taxonomy)
+        return MemberOutput(
+            p_emergency=p,
+            vote=p > self.hparams.threshold,
+            class_probs=probs,
+            embedding=out.embedding,
+        )
