@@ -83,30 +83,10 @@ def test_cnn_yaml_instantiates_and_trains_a_step(demo_manifest, tmp_path):
     assert cli.trainer.global_step == 1
 
 
-def test_anomaly_yaml_instantiates(demo, tmp_path):
-    from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
-
+def test_anomaly_yaml_instantiates(demo_manifest, tmp_path):
     from anomaly.module import AnomalyModule
-    from ensemble.core.aihub import import_aihub
-    from ensemble.core.manifest import write_manifest
 
-    manifest = write_manifest(import_aihub(demo[0])[0], tmp_path / "m.csv")
-    cli = LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        run=False,
-        args=[
-            f"--config={CONFIGS / 'anomaly.yaml'}",
-            f"--data.init_args.manifest={manifest}",
-            "--data.init_args.num_workers=0",
-            f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.logger=false",
-        ],
-    )
+    cli = lightning_cli("anomaly.yaml", demo_manifest, tmp_path, "--trainer.logger=false")
     assert isinstance(cli.model, AnomalyModule) and cli.datamodule.hparams.train_classes == "normal"
     c = cli.model.model.config
     assert (c.image_size, c.pooling, c.width, c.embed_dim) == (768, "avg", 64, 128)
