@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import ClassVar, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import librosa
 import torch
@@ -27,6 +27,9 @@ class MelCNNConfig:
     emb_dim: int = 512
     dropout: float = 0.2
     log_floor: float = 1e-6  # added to mel power before the log: silence maps to log(1e-6)
+    # "flatten": keep the F' remaining frequency rows as features (spectral shape survives a
+    # narrow network); "mean": average them away, as PANNs' wide networks do
+    freq_pool: Literal["mean", "flatten"] = "flatten"
 
     def __post_init__(self) -> None:
         if not self.widths or min(self.widths) < 1:
@@ -82,15 +85,18 @@ class MelClassifier(nn.Module):
 
     def __init__(self, config: MelCNNConfig):
         super().__init__()
-        c = config
+        self.config = c = config
         # per-mel-bin normalisation, as in PANNs; 2d (over (B, F, T, 1)) so that LRP has a rule for it
         self.bn0 = nn.BatchNorm2d(c.n_mels)
         channels = (1, *c.widths)
         self.blocks = nn.Sequential(
             *(ConvBlock(a, b, c.convs_per_block) for a, b in itertools.pairwise(channels))
         )
+        n_freq = c.n_mels // 2 ** len(c.widths) if c.freq_pool == "flatten" else 1
+        if n_freq < 1:
+            raise ValueError(f"{len(c.widths)} blocks halve {c.n_mels} mel bins to nothing")
         self.fc = nn.Sequential(
-            nn.Dropout(c.dropout), nn.Linear(c.widths[-1], c.emb_dim), nn.ReLU()
+            nn.Dropout(c.dropout), nn.Linear(c.widths[-1] * n_freq, c.emb_dim), nn.ReLU()
         )
         self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(c.emb_dim, c.n_classes))
 
@@ -102,7 +108,8 @@ class MelClassifier(nn.Module):
         """
         x = self.bn0(mel.unsqueeze(-1)).squeeze(-1).unsqueeze(1)  # (B, F, T, 1) -> (B, 1, F, T)
         x = self.blocks(x)  # (B, C, F', T')
-        x = x.mean(dim=2)  # over frequency: (B, C, T')
+        # (B, C, T') or (B, C * F', T')
+        x = x.mean(dim=2) if self.config.freq_pool == "mean" else x.flatten(1, 2)
         if n_frames is None:
             x = x.amax(dim=2) + x.mean(dim=2)  # over time: (B, C)
         else:

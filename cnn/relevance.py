@@ -35,6 +35,7 @@ from ensemble.core.audio import (
     seconds_to_samples,
 )
 from ensemble.core.labels import Taxonomy
+from ensemble.core.metrics import pyplot, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ def relevance_map(
 
 def plot_relevance(rel: Relevance, taxonomy: Taxonomy, path: str | Path, title: str = "") -> Path:
     """Two panels over time: the log-mel, and the relevance (red for, blue against the class)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     F, T = rel.mel.shape
     extent = (0, T / FRAMES_PER_SECOND, 0, F)
     limit = float(np.quantile(np.abs(rel.relevance), 0.995)) or 1.0
@@ -109,11 +106,7 @@ def plot_relevance(rel: Relevance, taxonomy: Taxonomy, path: str | Path, title: 
     axes[1].set_ylabel("mel bin")
     axes[1].set_xlabel("time (s)")
     fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)
 
 
 def explain_files(

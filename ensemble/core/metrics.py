@@ -84,11 +84,7 @@ def class_confusion(y_true: np.ndarray, y_pred: np.ndarray, taxonomy: Taxonomy) 
 
 def plot_confusion(cm: np.ndarray, taxonomy: Taxonomy, path: str | Path, title: str = "") -> Path:
     """A row-normalised confusion matrix `(K, K)` as a PNG, counts written in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [c.en for c in taxonomy.classes[1:]]
     rows = cm.sum(axis=1, keepdims=True)
     frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
@@ -107,22 +103,14 @@ def plot_confusion(cm: np.ndarray, taxonomy: Taxonomy, path: str | Path, title: 
     ax.set_ylabel("true")
     ax.set_title(title or f"confusion ({int(cm.sum())} clips, rows normalised)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_roc(
     curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
 ) -> Path:
     """ROC curves, one per name -> (is_emergency, score), as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, (y, s) in curves.items():
         fpr, tpr, _ = roc_curve(y, s)
@@ -133,10 +121,25 @@ def plot_roc(
     ax.set_title(title or "ROC")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
+    """Write a matplotlib figure as a PNG (creating its folder) and close it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
