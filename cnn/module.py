@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
@@ -18,8 +19,19 @@ from cnn.augment import mixup, spec_augment
 from cnn.model import MelCNN
 from ensemble.core.audio import ENCODER_STRIDE, HOP_LENGTH, seconds_to_samples
 from ensemble.core.labels import load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, emergency_probability
-from ensemble.core.metrics import class_confusion, class_metrics, plot_confusion, write_json
+from ensemble.core.member import (
+    MemberModule,
+    MemberOutput,
+    emergency_probability,
+    emergency_targets,
+)
+from ensemble.core.metrics import (
+    binary_metrics,
+    class_confusion,
+    class_metrics,
+    plot_confusion,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +84,7 @@ class CNNModule(MemberModule):
 
     Targets are taxonomy ids 1..K (column k of the logits is id k + 1). `class_weights="balanced"`
     weighs the loss by N / (K * count) from the train split's window labels. Validation and test log
-    `stage/acc`, `stage/binary_acc` (emergency vs normal) and `stage/macro_f1`; the test also writes
+    `stage/acc`, `stage/binary_acc` (of the emergency vote, `p_emergency > threshold`) and `stage/macro_f1`; the test also writes
     `test_metrics.json` and `test_confusion.png` (scikit-learn) next to the logs.
     """
 
@@ -158,34 +170,45 @@ class CNNModule(MemberModule):
     def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, weight=self.class_weight)
 
-    def _eval_step(self, batch: dict, stage: str) -> Tensor:
+    def _eval_step(self, batch: dict, stage: str) -> tuple[Tensor, Tensor]:
+        """Logs loss, 19-class metrics and the accuracy of the emergency vote; (pred, p) `(B,)`."""
         y = batch["label"] - 1
         logits = self.model(batch["wave"], valid_samples(batch["mask"])).logits
         loss = self._ce(logits, y)
         pred = logits.argmax(dim=1)
-        emergency = torch.tensor(self.taxonomy.emergency_ids, device=y.device) - 1
+        p = emergency_probability(logits.softmax(dim=1), self.taxonomy)
         self.metrics[stage].update(pred, y)
-        self.binary[stage].update(torch.isin(pred, emergency), torch.isin(y, emergency))
+        vote = p > self.hparams.threshold
+        self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)
         self.log_dict(self.metrics[stage], batch_size=len(y))
         self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=len(y))
-        return pred
+        return pred + 1, p
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        pred = self._eval_step(batch, "test")
-        self._test.append((batch["label"].cpu(), pred.cpu() + 1))
+        pred, p = self._eval_step(batch, "test")
+        self._test.append((batch["label"].cpu(), pred.cpu(), p.cpu()))
 
     def on_test_epoch_end(self) -> None:
-        """scikit-learn metrics and the confusion matrix of this process's test windows."""
-        y_true, y_pred = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
+        """scikit-learn metrics and the confusion matrix of this process's test windows.
+
+        `binary_acc`: emergency/normal of the predicted class; `vote_acc`: of the member's vote
+        (`p_emergency > threshold`); `auc`, `pauc`: of `p_emergency`.
+        """
+        y_true, y_pred, p = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
         self._test.clear()
         if self.trainer.world_size > 1:
             log.warning("test metrics files cover rank %d only", self.global_rank)
         out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        metrics = class_metrics(y_true, y_pred, self.taxonomy)
+        is_emergency = np.isin(y_true, self.taxonomy.emergency_ids)
+        metrics = {
+            **class_metrics(y_true, y_pred, self.taxonomy),
+            "vote_acc": float(np.mean((p > self.hparams.threshold) == is_emergency)),
+            **binary_metrics(is_emergency, p),
+        }
         cm = class_confusion(y_true, y_pred, self.taxonomy)
         write_json({**metrics, "confusion": cm}, out / "test_metrics.json")
         plot_confusion(cm, self.taxonomy, out / "test_confusion.png", "mel CNN, test split")

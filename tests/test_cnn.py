@@ -153,7 +153,7 @@ def test_test_stage_writes_sklearn_metrics_and_confusion(demo_manifest, tmp_path
     trainer.test(module, datamodule=data)
     out = Path(trainer.log_dir)
     metrics = __import__("json").loads((out / "test_metrics.json").read_text())
-    assert {"acc", "binary_acc", "macro_f1", "confusion"} <= set(metrics)
+    assert {"acc", "binary_acc", "vote_acc", "auc", "pauc", "macro_f1", "confusion"} <= set(metrics)
     assert np.asarray(metrics["confusion"]).sum() == metrics["n"] == len(data.datasets["test"])
     assert (out / "test_confusion.png").stat().st_size > 10_000
 

@@ -76,7 +76,7 @@ def test_cnn_yaml_instantiates_and_trains_a_step(demo_manifest, tmp_path):
         "--trainer.limit_val_batches=0",
     )
     assert isinstance(cli.model, CNNModule) and cli.model.model.config.widths == (16, 32, 64, 128)
-    assert cli.datamodule.hparams.batch_size == 16 and cli.trainer.max_epochs == 25
+    assert cli.datamodule.hparams.batch_size == 16 and cli.trainer.max_epochs == 30
     optimizer = cli.model.optimizer(cli.model.parameters())
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 0.001
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
