@@ -19,24 +19,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ensemble.core.audio import ENCODER_STRIDE, HOP_LENGTH, N_FFT
+from ensemble.core.audio import HOP_LENGTH, N_FFT
 
 IMAGE_SIZE = 768  # px, side of the square spectrogram image (the paper's 900 px resized to 768)
 POOL_KERNELS = (7, 21, 63)  # px: fine, medium and coarse scales, one channel each
 POOL_STRIDE = 3  # px; padding (k - 3) / 2 then gives 768 / 3 = 256 px for every kernel
 TOP_DB = 80.0  # dB below the image's peak that map to 0
 AMIN = 1e-5  # magnitude floor (-100 dB): digital silence becomes a black image
-SAMPLES_PER_TIMESTEP = HOP_LENGTH * ENCODER_STRIDE  # 320 samples per valid-mask step (20 ms)
 
 Pooling = Literal["avg", "max", "resize"]
 POOLINGS: tuple[str, ...] = ("avg", "max", "resize")
-
-
-def valid_samples(mask: Tensor, n_samples: int) -> Tensor:
-    """Samples of real audio per window `(B,)` long from the valid-timestep mask `(B, T)`."""
-    if mask.ndim != 2:
-        raise ValueError(f"mask must be (B, T), got {tuple(mask.shape)}")
-    return (mask.sum(dim=1).long() * SAMPLES_PER_TIMESTEP).clamp(max=n_samples)
 
 
 def spectrogram_db(wave: Tensor) -> Tensor:

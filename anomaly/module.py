@@ -33,8 +33,8 @@ from torch import Tensor
 
 from anomaly.cutpaste import augment, make_augmentation, n_classes
 from anomaly.density import GaussianDensity
-from anomaly.features import valid_samples
 from anomaly.model import AnomalyNet, load_backbone
+from ensemble.core.data import valid_samples
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.member import MemberModule, MemberOutput, emergency_targets
 from ensemble.core.metrics import binary_metrics, threshold_at_fpr

@@ -34,11 +34,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anomaly.density import GaussianDensity
-from anomaly.features import multiscale_pool, spectrogram_images, valid_samples
+from anomaly.features import multiscale_pool, spectrogram_images
 from anomaly.model import AnomalyNet, AnomalyNetConfig
 from anomaly.module import AnomalyModule
 from ensemble.core.audio import samples_to_timesteps
-from ensemble.core.data import AudioDataModule
+from ensemble.core.data import AudioDataModule, valid_samples
 from ensemble.core.metrics import binary_metrics, plot_roc, write_json
 
 log = logging.getLogger("anomaly_comparison")

@@ -17,7 +17,8 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, Mult
 
 from cnn.augment import mixup, spec_augment
 from cnn.model import MelCNN
-from ensemble.core.audio import ENCODER_STRIDE, HOP_LENGTH, seconds_to_samples
+from ensemble.core.audio import SAMPLES_PER_TIMESTEP, seconds_to_samples
+from ensemble.core.data import valid_samples
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import (
     MemberModule,
@@ -34,13 +35,6 @@ from ensemble.core.metrics import (
 )
 
 log = logging.getLogger(__name__)
-
-SAMPLES_PER_TIMESTEP = HOP_LENGTH * ENCODER_STRIDE  # 320: the DataModule's mask is per timestep
-
-
-def valid_samples(mask: Tensor) -> Tensor:
-    """Samples of audio per window `(B,)` from the valid-timestep mask `(B, T)`."""
-    return mask.sum(dim=1) * SAMPLES_PER_TIMESTEP
 
 
 def event_crops(wave: Tensor, frame_labels: Tensor, mask: Tensor, crop_s: float) -> Tensor:

@@ -11,14 +11,10 @@ from sklearn.covariance import LedoitWolf
 
 from anomaly.cutpaste import CutPaste, CutPaste3Way, CutPasteScar, make_augmentation
 from anomaly.density import GaussianDensity, mahalanobis
-from anomaly.features import (
-    multiscale_pool,
-    spectrogram_image,
-    spectrogram_images,
-    valid_samples,
-)
+from anomaly.features import multiscale_pool, spectrogram_image, spectrogram_images
 from anomaly.model import AnomalyNet, AnomalyNetConfig, ResNet18, load_backbone
 from anomaly.module import AnomalyModule
+from ensemble.core.data import valid_samples
 from ensemble.core.member import MemberOutput, load_member
 
 TINY = {"image_size": 96, "width": 8, "head_dim": 32, "embed_dim": 16}  # 32 px into the ResNet

@@ -33,6 +33,7 @@ N_TIMESTEPS = exact_div(N_FRAMES, ENCODER_STRIDE)  # 1500 encoder timesteps in a
 FRAMES_PER_SECOND = exact_div(SAMPLE_RATE, HOP_LENGTH)  # 100 mel frames per second (10 ms)
 TIMESTEPS_PER_SECOND = exact_div(FRAMES_PER_SECOND, ENCODER_STRIDE)  # 50 timesteps per second
 TIMESTEP_SECONDS = 1 / TIMESTEPS_PER_SECOND  # 0.02 s per encoder timestep
+SAMPLES_PER_TIMESTEP = HOP_LENGTH * ENCODER_STRIDE  # 320 samples per encoder timestep
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif")
 

@@ -24,6 +24,7 @@ from ensemble.core.audio import (
     ENCODER_STRIDE,
     HOP_LENGTH,
     SAMPLE_RATE,
+    SAMPLES_PER_TIMESTEP,
     AudioError,
     audio_duration,
     load_audio,
@@ -158,6 +159,17 @@ def collate(items: list[dict]) -> dict:
         values = [item[key] for item in items]
         out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
     return out
+
+
+def valid_samples(mask: torch.Tensor, n_samples: int | None = None) -> torch.Tensor:
+    """Samples of real audio per window `(B,)` long from a batch's valid-timestep mask `(B, T)`.
+
+    Exact to the 20 ms timestep; capped at `n_samples` (the window length) when given.
+    """
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be (B, T), got {tuple(mask.shape)}")
+    n = mask.sum(dim=1).long() * SAMPLES_PER_TIMESTEP
+    return n if n_samples is None else n.clamp(max=n_samples)
 
 
 class AudioDataModule(pl.LightningDataModule):
