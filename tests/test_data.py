@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -7,7 +8,7 @@ import soundfile as sf
 import torch
 
 from ensemble.core.audio import N_SAMPLES, N_TIMESTEPS, SAMPLE_RATE, AudioError
-from ensemble.core.data import AudioDataModule, WindowDataset, timestep_labels
+from ensemble.core.data import AudioDataModule, WindowDataset, timestep_labels, valid_samples
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.manifest import validate, write_manifest
 
@@ -126,3 +127,51 @@ def test_datamodule_splits_an_unsplit_manifest(demo, tmp_path):
     dm.setup()
     assert set(dm.datasets) == {"train", "val", "test"}
     assert sum(len(d) for d in dm.datasets.values()) == 38
+
+
+def test_window_labels_match_the_items_without_reading_audio(tmp_path, monkeypatch):
+    df = validate(
+        pd.DataFrame(
+            {
+                "path": [_wav(tmp_path / "a.wav", 45.0), _wav(tmp_path / "b.wav", 12.0)],
+                "label": ["fire", "indoor"],
+                "event_start": [40.0, math.nan],
+                "event_end": [42.0, math.nan],
+            }
+        )
+    )
+    ds = WindowDataset(df, TAX)
+    want = [int(ds[i]["label"]) for i in range(len(ds))]
+    monkeypatch.setattr("ensemble.core.data.load_audio", lambda p: 1 / 0)  # no audio is read
+    assert ds.window_labels().tolist() == want == [TAX.id("fire"), TAX.id("fire"), TAX.id("indoor")]
+
+
+def test_valid_samples_from_the_mask():
+    mask = torch.zeros(2, N_TIMESTEPS, dtype=torch.bool)
+    mask[0, :50] = True
+    mask[1] = True
+    assert valid_samples(mask).tolist() == [16000, N_SAMPLES]
+    assert valid_samples(mask, 10000).tolist() == [10000, 10000]
+    with pytest.raises(ValueError, match="mask"):
+        valid_samples(mask[0])
+
+
+def test_train_classes_keeps_one_kind_in_train_only(tmp_path):
+    paths = [_wav(tmp_path / f"c{i}.wav", 5.0) for i in range(6)]
+    df = pd.DataFrame(
+        {
+            "path": [*paths, paths[0]],  # clip 0 has a normal and an emergency annotation
+            "label": ["indoor", "fire", "outdoor", "fall", "indoor", "fire", "fall"],
+            "split": ["train"] * 4 + ["val", "val", "train"],
+        }
+    )
+    manifest = write_manifest(df, tmp_path / "m.csv")
+    kinds = {}
+    for kind in ("all", "normal", "emergency"):
+        dm = AudioDataModule(str(manifest), train_classes=kind)
+        dm.setup()
+        kinds[kind] = sorted(Path(p).name for p in dm.datasets["train"].clips["path"])
+        assert len(dm.datasets["val"]) == 2  # val keeps both kinds
+    assert kinds["all"] == ["c0.wav", "c1.wav", "c2.wav", "c3.wav"]
+    assert kinds["normal"] == ["c2.wav"]  # c0 holds an emergency annotation too
+    assert kinds["emergency"] == ["c0.wav", "c1.wav", "c3.wav"]
