@@ -11,7 +11,7 @@ from ensemble.core.data import AudioDataModule
 from ensemble.core.labels import load_taxonomy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KNOWN = {"labels.yaml", "data.yaml", "cnn.yaml", "anomaly.yaml"}
+KNOWN = {"labels.yaml", "data.yaml", "cnn.yaml", "anomaly.yaml", "keywords.yaml"}
 
 
 def test_every_config_is_covered():
@@ -21,6 +21,15 @@ def test_every_config_is_covered():
 def test_labels_yaml():
     taxonomy = load_taxonomy(CONFIGS / "labels.yaml")
     assert taxonomy.n_classes == 19 and taxonomy.key("화재") == "fire"
+
+
+def test_keywords_yaml():
+    from whisper_head.judge import GENERIC, load_keywords
+
+    lexicon = load_keywords(CONFIGS / "keywords.yaml")
+    by_key = {k: {p.text for p in lexicon.phrases if p.key == k} for k in lexicon.keys}
+    assert "불이야" in by_key["fire"] and "ambulance" in by_key["medical_emergency"]
+    assert "살려 주세요" in by_key[GENERIC] and "시청해주셔서감사합니다" in lexicon.hallucinations
 
 
 def test_data_yaml_instantiates(demo, tmp_path):
