@@ -190,3 +190,28 @@ def test_real_korean_sanity(real, tmp_path):
     detected = transcribe(model, wave, tokenizer, DecodingOptions(language=None, max_new_tokens=48))
     log.info("%s Korean: forced %s; detected %s", name, forced[0], detected[0])
     assert forced[0].language == "ko" and detected[0].language in ("ko", "en")
+
+
+def test_real_judge_votes_on_the_call_for_help_only(real, tmp_path):
+    """End to end: espeak call for help, silence and noise -> transcripts -> the keyword judge."""
+    from whisper_head.judge import KeywordJudge, judgement_tensors
+
+    name, model, tokenizer = real
+    speech = _espeak(tmp_path, "-v en-us -s 130", PHRASE)
+    n = max(len(speech), 5 * SAMPLE_RATE)
+    noise = 0.05 * np.random.default_rng(0).standard_normal(n)
+    waves = np.zeros((3, n), dtype=np.float32)
+    waves[0, : len(speech)], waves[2] = speech, noise
+    options = DecodingOptions(language="en", max_new_tokens=48)
+    outs = transcribe(model, waves, tokenizer, options)
+    judgements = KeywordJudge.from_yaml().judge_batch(
+        [o.text for o in outs], [o.no_speech_prob for o in outs], [o.avg_logprob for o in outs]
+    )
+    log.info(
+        "%s: %s",
+        name,
+        [(o.text, j.p_emergency, j.reason) for o, j in zip(outs, judgements, strict=True)],
+    )
+    p, vote = judgement_tensors(judgements)
+    assert vote.tolist() == [True, False, False], [o.text for o in outs]
+    assert p[0] >= 0.5 and (p[1:] < 0.5).all()
