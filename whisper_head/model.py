@@ -1,0 +1,158 @@
+"""Whisper encoder with an MLP over every timestep, and the decoder's teacher-forced text loss.
+
+The backbone is transformers' `WhisperForConditionalGeneration`. The encoder runs once per window
+(`encode`); the timestep head (`frame_logits`) and the decoder (`text_loss`, or decoding through
+`whisper_head.decode.transcribe_encoded`) share its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from whisper_head.ct2 import special_token_ids
+from whisper_head.weights import load_whisper
+
+RANDOM_PREFIX = "random:"
+IGNORE = -100  # target id that cross-entropy skips
+
+
+@dataclass(frozen=True)
+class WhisperHeadConfig:
+    # what `load_whisper` loads; "random:tiny" builds a random multilingual-vocabulary Whisper with
+    # d_model 16 and one layer each side, from no file (tests); a checkpoint's state dict replaces
+    # the weights either way
+    source: str = "bundled:base"
+    hidden_dim: int = 3072
+    n_outputs: int = 20  # 19 classes + none (column 0)
+    layer_weights: bool = False  # learned softmax-weighted sum over all encoder hidden states
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.source.startswith(RANDOM_PREFIX) and self.source != "random:tiny":
+            raise ValueError(f"the only random source is 'random:tiny', got {self.source!r}")
+        if self.hidden_dim < 1 or self.n_outputs < 2:
+            raise ValueError(f"bad sizes in {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+
+def tiny_random_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
+    """A random Whisper with openai-whisper's multilingual vocabulary (51865), d_model 16, 1+1
+    layers; the same weights for the same seed, the global generator untouched."""
+    config = WhisperConfig(
+        vocab_size=51865,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        **special_token_ids(51865),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = WhisperForConditionalGeneration(config)
+    model.model.encoder.embed_positions.requires_grad_(False)
+    return model
+
+
+def build_backbone(source: str) -> WhisperForConditionalGeneration:
+    if source == "random:tiny":
+        return tiny_random_whisper()
+    return load_whisper(source)[0]
+
+
+class Encoded(NamedTuple):
+    hidden: Tensor  # (B, 1500, D): the encoder's output, what the decoder attends to
+    states: tuple[Tensor, ...] | None  # L + 1 tensors (B, 1500, D) when layers are weighted
+
+
+class TimestepHead(nn.Module):
+    """MLP over every timestep: `(B, T, D)` -> logits `(B, T, K)`."""
+
+    def __init__(self, d_model: int, hidden_dim: int, n_outputs: int, dropout: float):
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(d_model, hidden_dim),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, n_outputs),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+class WhisperHeadModel(nn.Module):
+    """Whisper backbone + timestep head. Log-mel `(B, 80, 3000)` -> frame logits `(B, 1500, K)`."""
+
+    config_class: ClassVar[type[WhisperHeadConfig]] = WhisperHeadConfig
+
+    def __init__(self, config: WhisperHeadConfig | None = None):
+        super().__init__()
+        self.config = c = config or WhisperHeadConfig()
+        self.backbone = build_backbone(c.source)
+        bc = self.backbone.config
+        self.head = TimestepHead(bc.d_model, c.hidden_dim, c.n_outputs, c.dropout)
+        if c.layer_weights:  # embeddings + every encoder layer, uniform at first
+            self.layer_logits = nn.Parameter(torch.zeros(bc.encoder_layers + 1))
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.backbone.model.encoder
+
+    def encode(self, mel: Tensor) -> Encoded:
+        """The one encoder pass: log-mel `(B, 80, 3000)` -> `Encoded` with `(B, 1500, D)` tensors."""
+        out = self.encoder(mel, output_hidden_states=self.config.layer_weights)
+        return Encoded(
+            out.last_hidden_state, out.hidden_states if self.config.layer_weights else None
+        )
+
+    def frame_logits(self, encoded: Encoded) -> Tensor:
+        """`Encoded` -> logits `(B, 1500, K)`, column 0 = none."""
+        x = encoded.hidden  # (B, T, D)
+        if self.config.layer_weights:
+            w = self.layer_logits.softmax(0)  # (L + 1,)
+            x = torch.einsum("l,lbtd->btd", w.to(x.dtype), torch.stack(encoded.states))
+        return self.head(x)
+
+    def forward(self, mel: Tensor) -> Tensor:
+        """Log-mel `(B, 80, 3000)` -> frame logits `(B, 1500, K)`."""
+        return self.frame_logits(self.encode(mel))
+
+    def text_loss(self, hidden: Tensor, input_ids: Tensor, labels: Tensor) -> Tensor:
+        """Teacher-forced cross-entropy of the decoder on encoder outputs `hidden (B, T, D)`.
+
+        `input_ids (B, L)` decoder inputs; `labels (B, L)` the next token at each position, -100
+        where no loss is taken (prompt, padding). See `text_targets`.
+        """
+        logits = self.backbone(encoder_outputs=(hidden,), decoder_input_ids=input_ids).logits
+        return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
+
+
+def text_targets(
+    prompt: Sequence[int], texts: Sequence[Sequence[int]], eot: int, max_len: int = 448
+) -> tuple[Tensor, Tensor]:
+    """Decoder inputs and labels `(B, L)` for `prompt + text + [eot]`, the text cut to `max_len`.
+
+    Labels are the inputs shifted by one, -100 at prompt positions and padding; inputs are padded
+    with `eot`. Only the text tokens and the end token are scored.
+    """
+    keep = max_len - len(prompt)
+    seqs = [list(prompt) + list(t)[: keep - 1] + [eot] for t in texts]
+    L = max(map(len, seqs)) - 1
+    input_ids = torch.full((len(seqs), L), eot, dtype=torch.long)
+    labels = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        input_ids[i, : len(s) - 1] = torch.tensor(s[:-1])
+        labels[i, len(prompt) - 1 : len(s) - 1] = torch.tensor(s[len(prompt) :])
+    return input_ids, labels
