@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from anomaly.features import IMAGE_SIZE, POOL_STRIDE, POOLINGS, multiscale_pool, spectrogram_images
+from ensemble.core.member import check_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -168,19 +169,8 @@ def load_backbone(backbone: ResNet18, path: str | Path) -> None:
         sub = {k: torch.tensor(0) for k in expected if k.endswith("num_batches_tracked")} | sub
         if set(sub) == set(expected):
             break
-    else:
+    else:  # no prefix fits: name what differs from the plain layout
         sub = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        missing, unexpected = sorted(set(expected) - set(sub)), sorted(set(sub) - set(expected))
-        raise ValueError(
-            f"{path}: keys do not match a ResNet-18 backbone: missing {missing[:5]} "
-            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in sub.items()
-        if v.shape != expected[k].shape
-    ]
-    if bad:
-        raise ValueError(f"{path}: shapes do not match (width?): " + "; ".join(bad[:5]))
+    check_state_dict(expected, sub, path, "a ResNet-18 backbone (width?)")
     backbone.load_state_dict(sub, strict=True)
     log.info("loaded %d backbone tensors from %s", len(sub), path)

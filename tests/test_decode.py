@@ -10,10 +10,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ensemble.core.audio import N_TIMESTEPS, SAMPLE_RATE, load_audio
-from whisper_head.ct2 import special_token_ids
 from whisper_head.decode import (
     DecodingOptions,
     Transcript,
@@ -23,6 +21,7 @@ from whisper_head.decode import (
     transcribe,
     transcribe_encoded,
 )
+from whisper_head.model import tiny_random_whisper
 
 log = logging.getLogger(__name__)
 
@@ -36,19 +35,7 @@ PHRASE = "help me, somebody call an ambulance"
 @pytest.fixture(scope="module")
 def tiny():
     """A random multilingual-vocabulary Whisper (d_model 16, one layer each side) and tokenizer."""
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=51865,
-        d_model=16,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
-        **special_token_ids(51865),
-    )
-    model = WhisperForConditionalGeneration(config).eval()
+    model = tiny_random_whisper().eval()
     tokenizer = tokenizer_for(model, "ko")
     generation_config(model, tokenizer, ["ko", "en", "yue"])  # yue: not in 51865, skipped
     return model, tokenizer
@@ -101,19 +88,7 @@ def test_generation_config(tiny):
     config = model.generation_config
     assert "<|ko|>" in config.lang_to_id and "<|yue|>" not in config.lang_to_id
     assert config.is_multilingual and set(config.task_to_id) == {"transcribe", "translate"}
-    english = WhisperForConditionalGeneration(
-        WhisperConfig(
-            vocab_size=51864,
-            d_model=16,
-            encoder_layers=1,
-            decoder_layers=1,
-            encoder_attention_heads=2,
-            decoder_attention_heads=2,
-            encoder_ffn_dim=32,
-            decoder_ffn_dim=32,
-            **special_token_ids(51864),
-        )
-    )
+    english = tiny_random_whisper(vocab_size=51864)
     config = generation_config(english, tokenizer_for(english))
     assert not config.is_multilingual and not getattr(config, "lang_to_id", None)
 

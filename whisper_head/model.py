@@ -43,11 +43,11 @@ class WhisperHeadConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
 
-def tiny_random_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
-    """A random Whisper with openai-whisper's multilingual vocabulary (51865), d_model 16, 1+1
-    layers; the same weights for the same seed, the global generator untouched."""
+def tiny_random_whisper(seed: int = 0, vocab_size: int = 51865) -> WhisperForConditionalGeneration:
+    """A random Whisper with openai-whisper's vocabulary (51865 multilingual, 51864 English),
+    d_model 16, 1+1 layers; the same weights for the same seed, the global generator untouched."""
     config = WhisperConfig(
-        vocab_size=51865,
+        vocab_size=vocab_size,
         d_model=16,
         encoder_layers=1,
         decoder_layers=1,
@@ -55,7 +55,7 @@ def tiny_random_whisper(seed: int = 0) -> WhisperForConditionalGeneration:
         decoder_attention_heads=2,
         encoder_ffn_dim=32,
         decoder_ffn_dim=32,
-        **special_token_ids(51865),
+        **special_token_ids(vocab_size),
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from ensemble.core.member import check_state_dict
 from whisper_head.ct2 import (
     ct2_to_transformers,
     parse_ct2,
@@ -87,20 +88,7 @@ def default_cache() -> Path:
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Load `state` into `model`, raising ValueError on any missing, extra or mis-shaped key."""
-    expected = model.state_dict()
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"{source}: keys do not match WhisperForConditionalGeneration: missing {missing[:5]} "
-            f"({len(missing)}), unexpected {unexpected[:5]} ({len(unexpected)})"
-        )
-    bad = [
-        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if v.shape != expected[k].shape
-    ]
-    if bad:
-        raise ValueError(f"{source}: shapes do not match: " + "; ".join(bad[:5]))
+    check_state_dict(model.state_dict(), state, source, "WhisperForConditionalGeneration")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 

@@ -108,7 +108,10 @@ class MemberModule(pl.LightningModule):
         cls, path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
     ) -> MemberModule:
         """Rebuild from a checkpoint of this member (strict keys); `overrides` replace hparams."""
-        ckpt = _read_checkpoint(path, map_location)
+        return cls._from_dict(_read_checkpoint(path, map_location), path, overrides)
+
+    @classmethod
+    def _from_dict(cls, ckpt: dict[str, Any], path: str | Path, overrides: dict) -> MemberModule:
         if ckpt["member_class"] != f"{cls.__module__}.{cls.__qualname__}":
             raise ValueError(
                 f"{path}: a checkpoint of {ckpt['member_class']}, not of {cls.__qualname__}"
@@ -120,6 +123,25 @@ class MemberModule(pl.LightningModule):
         module = cls(model=model, **{**hparams, **overrides})
         module.load_state_dict(ckpt["state_dict"], strict=True)
         return module.eval()
+
+
+def check_state_dict(
+    expected: dict[str, Tensor], state: dict[str, Tensor], source: object, what: str = "the model"
+) -> None:
+    """Raise ValueError naming `source` unless `state` has exactly `expected`'s keys and shapes."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: keys do not match {what}: missing {missing[:5]} ({len(missing)}), "
+            f"unexpected {unexpected[:5]} ({len(unexpected)})"
+        )
+    bad = [
+        f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if v.shape != expected[k].shape
+    ]
+    if bad:
+        raise ValueError(f"{source}: shapes do not match {what}: " + "; ".join(bad[:5]))
 
 
 def _plain(value: Any) -> Any:
@@ -151,6 +173,7 @@ def load_member(
     path: str | Path, map_location: str | torch.device = "cpu", **overrides: Any
 ) -> MemberModule:
     """Any member from its checkpoint: the class is named inside the file."""
-    module_name, _, name = _read_checkpoint(path, map_location)["member_class"].rpartition(".")
+    ckpt = _read_checkpoint(path, map_location)  # read once: it names the class and holds it
+    module_name, _, name = ckpt["member_class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
-    return cls.from_checkpoint(path, map_location, **overrides)
+    return cls._from_dict(ckpt, path, overrides)
