@@ -1,0 +1,497 @@
+"""Score `emergency-ensemble infer` predictions against a manifest: per member and the ensemble.
+
+Reads `DIR/predictions.jsonl` (one object per audio file) and `DIR/run.json` (the inferred folder),
+matches each prediction to a manifest clip, and writes to `out/`:
+
+    metrics.json        per member and the ensemble (NaN written as null)
+    report.md           one table: rows = members then the ensemble
+    roc.png             emergency-score ROC curves of all of them
+    confusion_<m>.png   19-class confusion of the ensemble and of each member with a class output
+    timelines.png       true segments above predicted events, for a few files
+
+    python -m ensemble.evaluate PREDICTIONS MANIFEST --out DIR [--labels YAML] [--timelines 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
+from ensemble.core.audio import seconds_to_timesteps
+from ensemble.core.labels import Taxonomy, load_taxonomy
+from ensemble.core.manifest import clips, read_manifest
+from ensemble.core.metrics import (
+    binary_metrics,
+    class_confusion,
+    class_metrics,
+    plot_confusion,
+    plot_roc,
+    pyplot,
+    save_figure,
+    write_json,
+)
+
+log = logging.getLogger(__name__)
+
+ENSEMBLE = "ensemble"
+TIMESTEP_MEMBER = "whisper_head"  # the member whose timesteps give the file's `events`
+TRANSCRIPT_MEMBER = "keyword_judge"  # the member whose decoding gives the file's `transcript`
+COLUMNS = (
+    "acc19",
+    "macro_f1",
+    "binary_acc",
+    "precision",
+    "recall",
+    "f1",
+    "auc",
+    "pauc",
+    "timestep_acc",
+    "cer",
+    "cer_nospace",
+)
+N_LISTED = 10  # unmatched predictions / clips without a prediction named in the report
+NAN = math.nan
+
+
+@dataclass
+class Matched:
+    """One ok prediction row and the manifest clip it belongs to."""
+
+    row: dict
+    clip: pd.Series
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and matching
+
+
+def read_predictions(predictions: str | Path) -> tuple[list[dict], Path, Path]:
+    """(rows, inferred folder, predictions.jsonl) from an infer output dir or its jsonl file."""
+    path = Path(predictions)
+    if path.is_dir():
+        path = path / "predictions.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no predictions file")
+    rows = [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
+    run = path.parent / "run.json"
+    if run.is_file():
+        folder = Path(json.loads(run.read_text(encoding="utf-8"))["folder"])
+    else:
+        folder = path.parent
+        log.warning("%s: no run.json; prediction paths taken relative to %s", path, folder)
+    return rows, folder, path
+
+
+def member_names(rows: list[dict]) -> list[str]:
+    """Every `p_<name>` key in the rows, in order of first appearance."""
+    names: dict[str, None] = {}
+    for row in rows:
+        for k in row:
+            if k.startswith("p_"):
+                names.setdefault(k[2:], None)
+    return list(names)
+
+
+def match(
+    rows: list[dict], table: pd.DataFrame, folder: Path
+) -> tuple[list[tuple[dict, int]], list[str], list[str]]:
+    """Pair prediction rows with clips (rows of `clips(manifest)`).
+
+    A prediction's `Path(folder, path).resolve()` is looked up among the resolved clip paths;
+    failing that, the one clip whose path ends with "/" + the prediction's path; failing that, the
+    one clip with the same file name. Returns ([(row, clip index)], unmatched prediction paths,
+    clip paths with no prediction).
+    """
+    resolved = {str(Path(p).resolve()): i for i, p in enumerate(table["path"])}
+    posix = [(Path(p).as_posix(), Path(p).resolve().as_posix()) for p in table["path"]]
+    by_name: dict[str, list[int]] = {}
+    for i, p in enumerate(table["path"]):
+        by_name.setdefault(Path(p).name, []).append(i)
+
+    pairs, unmatched, used = [], [], set()
+    for row in rows:
+        rel = str(row.get("path") or "")
+        i = resolved.get(str(Path(folder, rel).resolve())) if rel else None
+        if i is None and rel:
+            tail = "/" + Path(rel).as_posix().removeprefix("./")
+            hits = [j for j, ps in enumerate(posix) if any(p.endswith(tail) for p in ps)]
+            i = hits[0] if len(hits) == 1 else None
+        if i is None and rel:
+            hits = by_name.get(Path(rel).name, [])
+            i = hits[0] if len(hits) == 1 else None
+        if i is None or i in used:
+            if i in used:
+                log.warning("%s: a second prediction for %s; ignored", rel, table["path"][i])
+            unmatched.append(rel)
+            continue
+        used.add(i)
+        pairs.append((row, i))
+    missing = [p for i, p in enumerate(table["path"]) if i not in used]
+    return pairs, unmatched, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def _class_id(name, taxonomy: Taxonomy, sentinel: int) -> int:
+    """Taxonomy id of a predicted class; `sentinel` (never a true label) for null or unknown."""
+    if name is None or (isinstance(name, float) and math.isnan(name)):
+        return sentinel
+    try:
+        return taxonomy.id(name)
+    except KeyError:
+        log.warning("unknown predicted class %r counted as wrong", name)
+        return sentinel
+
+
+def rasterize(
+    segments: list[tuple[float, float, str]], duration_s: float, taxonomy: Taxonomy
+) -> np.ndarray:
+    """Class ids `(T,)` at 0.02 s over [0, duration_s): a segment's id over [start, end), 0 elsewhere.
+
+    NaN bounds mean the whole clip; later segments overwrite earlier ones where they overlap.
+    """
+    T = seconds_to_timesteps(duration_s)
+    out = np.zeros(T, dtype=np.int64)
+    for start, end, label in segments:
+        i = _class_id(label, taxonomy, -1)  # an unknown class is never right
+        if start is None or end is None or math.isnan(start) or math.isnan(end):
+            a, b = 0, T
+        else:
+            a, b = max(seconds_to_timesteps(start), 0), min(seconds_to_timesteps(end), T)
+        out[a:b] = i
+    return out
+
+
+def _is_emergency(clip: pd.Series, taxonomy: Taxonomy) -> bool:
+    """A clip is an emergency if any of its segments is labelled with an emergency class."""
+    return any(taxonomy.is_emergency(label) for _, _, label in clip["segments"])
+
+
+def _binary(y: np.ndarray, vote: np.ndarray) -> dict[str, float]:
+    """Accuracy, precision, recall and F1 of boolean votes `(N,)` against truth `(N,)`."""
+    if len(y) == 0:
+        return {k: NAN for k in ("binary_acc", "precision", "recall", "f1")}
+    p, r, f, _ = precision_recall_fscore_support(
+        y, vote, average="binary", pos_label=True, zero_division=0.0
+    )
+    return {
+        "binary_acc": float(accuracy_score(y, vote)),
+        "precision": float(p),
+        "recall": float(r),
+        "f1": float(f),
+    }
+
+
+def _text(s, spaces: bool = True) -> str:
+    s = unicodedata.normalize("NFC", str(s or "")).strip()
+    return s if spaces else re.sub(r"\s+", "", s)
+
+
+def cer(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Corpus CER (jiwer: edits / reference characters) with and without spaces.
+
+    Pairs whose reference is empty after NFC and stripping are left out.
+    """
+    pairs = [(_text(r), _text(h)) for r, h in zip(references, hypotheses, strict=True)]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        return {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}
+    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
+    refs_ns, hyps_ns = [_text(r, False) for r in refs], [_text(h, False) for h in hyps]
+    return {
+        "cer": float(jiwer.cer(refs, hyps)),
+        "cer_nospace": float(jiwer.cer(refs_ns, hyps_ns)),
+        "n_cer": len(pairs),
+    }
+
+
+def _keys(name: str) -> tuple[str, str, str]:
+    """(score, vote, class) field names of a member, or of the ensemble."""
+    if name == ENSEMBLE:
+        return "score", "emergency", "class"
+    return f"p_{name}", f"vote_{name}", f"class_{name}"
+
+
+def score_one(
+    name: str, matched: list[Matched], taxonomy: Taxonomy, timesteps: bool, transcripts: bool
+) -> tuple[dict[str, float], dict]:
+    """Metrics of one member (or the ensemble) over matched ok rows, and the arrays for plots."""
+    score_k, vote_k, class_k = _keys(name)
+    segments = [m.clip["segments"] for m in matched]
+    y = np.array([_is_emergency(m.clip, taxonomy) for m in matched], dtype=bool)
+    out: dict[str, float] = {"n": len(matched)}
+
+    voted = [i for i, m in enumerate(matched) if m.row.get(vote_k) is not None]
+    vote = np.array([bool(matched[i].row[vote_k]) for i in voted], dtype=bool)
+    out |= _binary(y[voted], vote)
+    scored = [i for i, m in enumerate(matched) if m.row.get(score_k) is not None]
+    s = np.array([float(matched[i].row[score_k]) for i in scored])
+    out |= binary_metrics(y[scored], s) if scored else {"auc": NAN, "pauc": NAN}
+    out["n_scored"] = len(scored)
+
+    sentinel = taxonomy.n_outputs  # outside 1..K: a null class is a wrong answer, not a dropped row
+    names = [m.row.get(class_k) for m in matched]
+    y_cls = np.array([taxonomy.id(seg[0][2]) for seg in segments])
+    p_cls = np.array([_class_id(c, taxonomy, sentinel) for c in names])
+    has_classes = any(c is not None for c in names)
+    out["n_no_class"] = int((p_cls == sentinel).sum())
+    if has_classes:
+        cm = class_metrics(y_cls, p_cls, taxonomy)
+        out |= {"acc19": cm["acc"], "macro_f1": cm["macro_f1"]}
+    else:
+        out |= {"acc19": NAN, "macro_f1": NAN}
+
+    out |= {"timestep_acc": NAN, "n_timesteps": 0}
+    if timesteps:
+        right = total = 0
+        for m in matched:
+            d = m.row.get("duration_s")
+            if d is None:
+                continue
+            truth = rasterize(m.clip["segments"], d, taxonomy)
+            pred = rasterize([tuple(e) for e in m.row.get("events") or []], d, taxonomy)
+            right, total = right + int((truth == pred).sum()), total + len(truth)
+        out |= {"timestep_acc": right / total if total else NAN, "n_timesteps": total}
+
+    out |= {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}
+    if transcripts:
+        out |= cer(
+            [m.clip["transcript"] for m in matched], [m.row.get("transcript") for m in matched]
+        )
+
+    arrays = {"roc": (y[scored], s), "classes": (y_cls, p_cls) if has_classes else None}
+    return out, arrays
+
+
+# ---------------------------------------------------------------------------------------------
+# report and plots
+
+
+def _fmt(v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def report_table(metrics: dict) -> str:
+    """The Markdown table: one row per member, then the ensemble; NaN or absent shown as "–"."""
+    rows = [*metrics["members"].items(), (ENSEMBLE, metrics[ENSEMBLE])]
+    lines = [
+        "| model | " + " | ".join(COLUMNS) + " |",
+        "|---|" + "---:|" * len(COLUMNS),
+        *(f"| {n} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |" for n, m in rows),
+    ]
+    return "\n".join(lines)
+
+
+def _color(label, taxonomy: Taxonomy) -> str:
+    if label is None:
+        return "black"
+    try:
+        i = taxonomy.id(label)
+    except KeyError:
+        return "grey"
+    return "black" if i == 0 else "red" if taxonomy.classes[i].emergency else "blue"
+
+
+def sample_files(matched: list[Matched], y: np.ndarray, k: int, seed: int) -> list[int]:
+    """Up to `k` indices, half emergencies and half normals where both exist (deterministic)."""
+    rng = np.random.default_rng(seed)
+    pos, neg = [rng.permutation(np.flatnonzero(y == v)).tolist() for v in (True, False)]
+    n_pos = min(len(pos), max(k - len(neg), (k + 1) // 2))
+    chosen = pos[:n_pos] + neg[: k - n_pos]
+    return sorted(chosen, key=lambda i: (not y[i], Path(matched[i].row["path"]).name))
+
+
+def plot_timelines(
+    matched: list[Matched], y: np.ndarray, taxonomy: Taxonomy, path: Path, k: int, seed: int
+) -> Path | None:
+    """Truth strip above prediction strip per sampled file; red emergency, blue normal, black none."""
+    matched_d = [m for m in matched if m.row.get("duration_s")]
+    y = np.array([y[i] for i, m in enumerate(matched) if m.row.get("duration_s")], dtype=bool)
+    chosen = sample_files(matched_d, y, k, seed)
+    if not chosen:
+        log.warning("no files with a duration to draw timelines of")
+        return None
+    plt = pyplot()
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(10, 0.9 * len(chosen) + 1.2))
+    ticks, names, x_max = [], [], 0.0
+    for row_i, i in enumerate(chosen):
+        m = matched_d[i]
+        d = float(m.row["duration_s"])
+        x_max = max(x_max, d)
+        base = 3 * (len(chosen) - 1 - row_i)
+        true_label = taxonomy[m.clip["label"]].en
+        pred = m.row.get("class")
+        pred_label = taxonomy[pred].en if _class_id(pred, taxonomy, -1) > 0 else str(pred or "-")
+        strips = (
+            (base + 1.5, m.clip["segments"], f"{Path(m.row['path']).name}  true: {true_label}"),
+            (base + 0.5, m.row.get("events") or [], f"pred: {pred_label}"),
+        )
+        for y0, segments, label in strips:
+            ax.broken_barh([(0, d)], (y0, 0.9), color="black")
+            for start, end, lab in segments:
+                whole = start is None or end is None or math.isnan(start) or math.isnan(end)
+                a, b = (0.0, d) if whole else (max(start, 0.0), min(end, d))
+                ax.broken_barh([(a, b - a)], (y0, 0.9), color=_color(lab, taxonomy))
+            ticks.append(y0 + 0.45)
+            names.append(label)
+    ax.set_yticks(ticks, names, fontsize=7)
+    ax.set_xlim(0, x_max or 1.0)
+    ax.set_xlabel("time (s)")
+    ax.set_title("truth (upper strip) vs prediction (lower strip)")
+    handles = [Patch(color=c, label=t) for c, t in (("red", "emergency"), ("blue", "normal"))]
+    ax.legend(
+        handles=[*handles, Patch(color="black", label="none")],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+        fontsize=7,
+    )
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry points
+
+
+def evaluate(
+    predictions: str | Path,
+    manifest: str | Path,
+    out: str | Path,
+    labels: str | Path | Taxonomy | None = None,
+    timelines: int = 8,
+    seed: int = 0,
+) -> dict:
+    """Score an infer output dir (or its predictions.jsonl) against `manifest`; write to `out`.
+
+    Returns {"n_files", "n_errors", "n_unmatched", "n_missing", "unmatched", "missing",
+    "members": {name: metrics}, "ensemble": metrics, "plots": [file names]}.
+    """
+    taxonomy = labels if isinstance(labels, Taxonomy) else load_taxonomy(labels)
+    rows, folder, pred_path = read_predictions(predictions)
+    table = clips(read_manifest(manifest, taxonomy))
+    pairs, unmatched, missing = match(rows, table, folder)
+    errors = [r for r in rows if r.get("status", "ok") != "ok"]
+    matched = [Matched(r, table.iloc[i]) for r, i in pairs if r.get("status", "ok") == "ok"]
+    if not matched:
+        raise ValueError(
+            f"no ok prediction in {pred_path} matches a clip of {manifest} "
+            f"({len(rows)} predictions, {len(errors)} errors, {len(table)} clips)"
+        )
+    log.info(
+        "%d files matched, %d errors, %d unmatched predictions, %d clips without a prediction",
+        len(matched), len(errors), len(unmatched), len(missing),
+    )  # fmt: skip
+
+    members = member_names(rows)
+    has_text = any(m.row.get("transcript") is not None for m in matched)
+    text_owner = TRANSCRIPT_MEMBER if TRANSCRIPT_MEMBER in members else ENSEMBLE
+    results, arrays = {}, {}
+    for name in [*members, ENSEMBLE]:
+        results[name], arrays[name] = score_one(
+            name,
+            matched,
+            taxonomy,
+            timesteps=name in (TIMESTEP_MEMBER, ENSEMBLE),
+            transcripts=has_text and name == text_owner,
+        )
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = []
+    curves = {}
+    for name, a in arrays.items():
+        y, s = a["roc"]
+        if len(y) and y.any() and not y.all():
+            curves[name] = (y, s)
+    if curves:
+        plots.append(plot_roc(curves, out / "roc.png", f"emergency ROC ({len(matched)} files)"))
+    else:
+        log.warning("no ROC plot: the truth holds only one kind (emergency or normal)")
+    for name in [ENSEMBLE, *members]:
+        if arrays[name]["classes"] is None:
+            continue
+        y_cls, p_cls = arrays[name]["classes"]
+        n_null = results[name]["n_no_class"]
+        title = f"{name}: {len(y_cls)} clips" + (f", {n_null} without a class" if n_null else "")
+        cm = class_confusion(y_cls, p_cls, taxonomy)
+        plots.append(plot_confusion(cm, taxonomy, out / f"confusion_{name}.png", title))
+    if timelines > 0:
+        y = np.array([_is_emergency(m.clip, taxonomy) for m in matched], dtype=bool)
+        p = plot_timelines(matched, y, taxonomy, out / "timelines.png", timelines, seed)
+        plots += [p] if p else []
+
+    metrics = {
+        "n_files": len(matched),
+        "n_errors": len(errors),
+        "n_unmatched": len(unmatched),
+        "n_missing": len(missing),
+        "unmatched": unmatched[:N_LISTED],
+        "missing": missing[:N_LISTED],
+        "members": {n: results[n] for n in members},
+        ENSEMBLE: results[ENSEMBLE],
+        "plots": [p.name for p in plots],
+    }
+    write_json(metrics, out / "metrics.json")
+    (out / "report.md").write_text(_report(metrics, pred_path, manifest), encoding="utf-8")
+    return metrics
+
+
+def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
+    lines = [
+        f"{metrics['n_files']} files evaluated ({pred_path} against {manifest}); "
+        f"{metrics['n_errors']} errors, {metrics['n_unmatched']} unmatched predictions, "
+        f"{metrics['n_missing']} manifest clips without a prediction",
+        "",
+        report_table(metrics),
+        "",
+        "Plots: " + (", ".join(metrics["plots"]) or "none"),
+    ]
+    for key, what in (("unmatched", "Unmatched predictions"), ("missing", "Clips without one")):
+        n = metrics[f"n_{key}"]
+        if n:
+            more = f" (first {N_LISTED} of {n})" if n > N_LISTED else ""
+            lines += ["", f"{what}{more}:", *(f"- {p}" for p in metrics[key])]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m ensemble.evaluate", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("predictions", help="infer output dir, or its predictions.jsonl")
+    parser.add_argument("manifest", help="manifest CSV/JSONL with the true labels")
+    parser.add_argument("--out", required=True, help="folder for metrics.json, report.md, plots")
+    parser.add_argument(
+        "--labels", default=None, help="taxonomy YAML (default configs/labels.yaml)"
+    )
+    parser.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the timeline sample")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metrics = evaluate(
+        args.predictions, args.manifest, args.out, args.labels, args.timelines, args.seed
+    )
+    print(report_table(metrics))
+    print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
