@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
@@ -26,13 +24,7 @@ from ensemble.core.member import (
     emergency_probability,
     emergency_targets,
 )
-from ensemble.core.metrics import (
-    binary_metrics,
-    class_confusion,
-    class_metrics,
-    plot_confusion,
-    write_json,
-)
+from ensemble.core.metrics import write_test_report
 
 log = logging.getLogger(__name__)
 
@@ -194,19 +186,15 @@ class CNNModule(MemberModule):
         """
         y_true, y_pred, p = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
         self._test.clear()
-        if self.trainer.world_size > 1:
-            log.warning("test metrics files cover rank %d only", self.global_rank)
-        out = Path(self.trainer.log_dir or self.trainer.default_root_dir)
-        is_emergency = np.isin(y_true, self.taxonomy.emergency_ids)
-        metrics = {
-            **class_metrics(y_true, y_pred, self.taxonomy),
-            "vote_acc": float(np.mean((p > self.hparams.threshold) == is_emergency)),
-            **binary_metrics(is_emergency, p),
-        }
-        cm = class_confusion(y_true, y_pred, self.taxonomy)
-        write_json({**metrics, "confusion": cm}, out / "test_metrics.json")
-        plot_confusion(cm, self.taxonomy, out / "test_confusion.png", "mel CNN, test split")
-        log.info("test: %s; written to %s", metrics, out)
+        write_test_report(
+            self.trainer,
+            y_true,
+            y_pred,
+            p,
+            self.hparams.threshold,
+            self.taxonomy,
+            "mel CNN, test split",
+        )
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> MemberOutput:
         out = self.model(batch["wave"], valid_samples(batch["mask"]))

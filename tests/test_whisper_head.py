@@ -5,7 +5,7 @@ import pytorch_lightning as pl
 import torch
 
 from ensemble.core.data import AudioDataModule
-from ensemble.core.member import MemberOutput
+from ensemble.core.member import MemberOutput, frame_events
 from whisper_head.model import (
     IGNORE,
     TimestepHead,
@@ -13,7 +13,7 @@ from whisper_head.model import (
     WhisperHeadModel,
     text_targets,
 )
-from whisper_head.module import WhisperHeadModule, clip_class_probs, smoothed_max
+from whisper_head.module import WhisperHeadModule, clip_class_probs, smoothed_max, text_language
 
 TINY = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0)
 
@@ -57,10 +57,15 @@ def test_shapes(layer_weights):
     assert (encoded.states is not None) == layer_weights
     assert model.frame_logits(encoded).shape == (2, 1500, 20)
     assert TimestepHead(16, 8, 20, 0.0)(torch.randn(3, 7, 16)).shape == (3, 7, 20)
-    input_ids, labels = text_targets([50258, 50264, 50359, 50363], [[1, 2], []], eot=50257)
+    ko, en = [50258, 50264, 50359, 50363], [50258, 50259, 50359, 50363]
+    input_ids, labels = text_targets([ko, en], [[1, 2], []], eot=50257)
     assert input_ids.shape == labels.shape == (2, 6)
+    assert input_ids[1, :4].tolist() == en and input_ids[1, 4:].tolist() == [50257, 50257]
     assert labels[0].tolist() == [IGNORE] * 3 + [1, 2, 50257]
     assert labels[1].tolist() == [IGNORE] * 3 + [50257, IGNORE, IGNORE]
+    english_only = text_targets([[50257, 50362], ko], [[5], [6]], eot=50256)[1]
+    assert english_only[0].tolist() == [IGNORE, 5, 50256, IGNORE, IGNORE]
+    assert english_only[1, 3] == 6
     loss = model.text_loss(encoded.hidden, input_ids, labels)
     assert loss.ndim == 0 and torch.isfinite(loss)
 
@@ -130,6 +135,53 @@ def test_predict_runs_encoder_once(batch):
     assert torch.allclose(head.class_probs.sum(1), torch.ones(2))
     assert ((head.p_emergency >= 0) & (head.p_emergency <= 1 + 1e-5)).all()
     assert len(judge.transcript) == 2 and judge.vote.dtype == torch.bool
+    assert len(head.events) == 2 and all(isinstance(e, list) for e in head.events)
+    # events are exactly the runs of the smoothed frame classes (at least min_event_s long)
+    ids = frame_events(head.frame_probs, batch["mask"], module.taxonomy, 25, 10)
+    assert head.events == ids
+
+
+def test_frame_events_are_runs_of_one_class_within_the_valid_steps():
+    from ensemble.core.labels import load_taxonomy
+
+    taxonomy = load_taxonomy()
+    p = torch.zeros(2, 100, 20)
+    p[..., 0] = 1.0
+    p[0, 10:30] = 0.0
+    p[0, 10:30, 8] = 1.0  # id 8 from 0.2 to 0.6 s
+    p[0, 50:52, 0], p[0, 50:52, 3] = 0.0, 1.0  # a 2-step blip of id 3
+    p[1, 90:, 0], p[1, 90:, 5] = 0.0, 1.0  # id 5 running into the padding
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    mask[1, 95:] = False
+    key = taxonomy.key
+    assert frame_events(p, mask, taxonomy) == [
+        [(0.2, 0.6, key(8)), (1.0, 1.04, key(3))],
+        [(1.8, 1.9, key(5))],
+    ]
+    assert frame_events(p, mask, taxonomy, min_steps=6) == [[(0.2, 0.6, key(8))], []]
+    with pytest.raises(ValueError, match="need"):
+        frame_events(p[0], mask, taxonomy)
+
+
+def test_text_language_follows_the_script():
+    assert text_language("불이야!", ("ko", "en")) == "ko"
+    assert text_language("Help me!", ("ko", "en")) == "en"
+    assert text_language("Help me!", ("ko",)) == "ko"
+    assert text_language("...", ("en", "ko")) == "en"
+
+
+def test_test_stage_writes_metrics_with_cer_and_timestep_accuracy(demo_manifest, tmp_path):
+    import json
+
+    module = _module(language=None)
+    trainer = _trainer(tmp_path, limit_test_batches=2)
+    trainer.test(module, datamodule=AudioDataModule(demo_manifest, batch_size=2, num_workers=0))
+    metrics = json.loads((tmp_path / "log" / "version_0" / "test_metrics.json").read_text())
+    assert metrics["n"] == 4 and 0 <= metrics["timestep_acc"] <= 1
+    assert {"acc", "macro_f1", "binary_acc", "vote_acc", "auc", "cer", "cer_nospace"} <= set(
+        metrics
+    )
+    assert (tmp_path / "log" / "version_0" / "test_confusion.png").is_file()
 
 
 def test_checkpoint_round_trip(batch, tmp_path):

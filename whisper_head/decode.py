@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+import transformers
 import whisper.audio
 import whisper.tokenizer
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
@@ -213,6 +215,18 @@ def _avg_logprobs(model, hidden, prompts, texts, eot) -> list[float]:
     ]
 
 
+@contextmanager
+def _quiet_transformers():
+    """transformers' warnings off: decoding from encoder outputs trips three false alarms (no
+    attention mask, max_length beside max_new_tokens, suppress tokens beside a config)."""
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(level)
+
+
 @torch.no_grad()
 def transcribe_encoded(
     model: WhisperForConditionalGeneration,
@@ -243,14 +257,15 @@ def transcribe_encoded(
     for rows in groups:
         lang = langs[rows[0]]
         kwargs = {"language": lang, "task": "transcribe"} if multilingual else {}
-        seqs = model.generate(
-            encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
-            num_beams=options.beam_size,
-            do_sample=False,
-            max_new_tokens=options.max_new_tokens,
-            return_timestamps=False,
-            **kwargs,
-        )
+        with _quiet_transformers():
+            seqs = model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=hidden[rows]),
+                num_beams=options.beam_size,
+                do_sample=False,
+                max_new_tokens=options.max_new_tokens,
+                return_timestamps=False,
+                **kwargs,
+            )
         seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
         prompt_len = len(_prompt(tokenizer, lang, multilingual))
         for i, row in zip(rows, seqs.tolist(), strict=True):

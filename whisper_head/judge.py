@@ -25,8 +25,8 @@ from ensemble.core.labels import CONFIG_DIR, Taxonomy, load_taxonomy
 
 DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"
 GENERIC = "generic"  # key of the calls for help that name no class
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
-_LATIN = re.compile(r"[a-z]")
+HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
+LATIN = re.compile(r"[a-z]")
 _APOSTROPHES = "'’ʼ`"
 
 
@@ -65,7 +65,7 @@ class Phrase:
     @property
     def by_words(self) -> bool:
         """English-like phrases are matched word by word; Korean and digits without spaces."""
-        return bool(_LATIN.search(self.norm)) and not _HANGUL.search(self.norm)
+        return bool(LATIN.search(self.norm)) and not HANGUL.search(self.norm)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,7 @@ class WhisperHeadModel(nn.Module):
     def __init__(self, config: WhisperHeadConfig | None = None):
         super().__init__()
         self.config = c = config or WhisperHeadConfig()
-        self.backbone = build_backbone(c.source)
+        self.backbone = build_backbone(c.source).train()  # loaders leave it in eval mode
         bc = self.backbone.config
         self.head = TimestepHead(bc.d_model, c.hidden_dim, c.n_outputs, c.dropout)
         if c.layer_weights:  # embeddings + every encoder layer, uniform at first
@@ -140,19 +140,26 @@ class WhisperHeadModel(nn.Module):
 
 
 def text_targets(
-    prompt: Sequence[int], texts: Sequence[Sequence[int]], eot: int, max_len: int = 448
+    prompts: Sequence[Sequence[int]],
+    texts: Sequence[Sequence[int]],
+    eot: int,
+    max_len: int = 448,
 ) -> tuple[Tensor, Tensor]:
-    """Decoder inputs and labels `(B, L)` for `prompt + text + [eot]`, the text cut to `max_len`.
+    """Decoder inputs and labels `(B, L)` for `prompt + text + [eot]` per row, cut to `max_len`.
 
     Labels are the inputs shifted by one, -100 at prompt positions and padding; inputs are padded
     with `eot`. Only the text tokens and the end token are scored.
     """
-    keep = max_len - len(prompt)
-    seqs = [list(prompt) + list(t)[: keep - 1] + [eot] for t in texts]
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
+    seqs = [
+        list(p) + list(t)[: max_len - len(p) - 1] + [eot]
+        for p, t in zip(prompts, texts, strict=True)
+    ]
     L = max(map(len, seqs)) - 1
     input_ids = torch.full((len(seqs), L), eot, dtype=torch.long)
     labels = torch.full((len(seqs), L), IGNORE, dtype=torch.long)
-    for i, s in enumerate(seqs):
+    for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
         input_ids[i, : len(s) - 1] = torch.tensor(s[:-1])
-        labels[i, len(prompt) - 1 : len(s) - 1] = torch.tensor(s[len(prompt) :])
+        labels[i, len(p) - 1 : len(s) - 1] = torch.tensor(s[len(p) :])
     return input_ids, labels

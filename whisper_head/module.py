@@ -16,15 +16,21 @@ import logging
 import unicodedata
 from typing import Literal
 
-import jiwer
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
+from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, emergency_targets
+from ensemble.core.member import (
+    MemberModule,
+    MemberOutput,
+    emergency_targets,
+    frame_events,
+)
+from ensemble.core.metrics import cer_metrics, write_test_report
 from whisper_head.decode import (
     MULTILINGUAL_VOCAB,
     DecodingOptions,
@@ -33,12 +39,22 @@ from whisper_head.decode import (
     tokenizer_for,
     transcribe_encoded,
 )
-from whisper_head.judge import KeywordJudge, judgement_tensors
+from whisper_head.judge import HANGUL, LATIN, KeywordJudge, judgement_tensors
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
 
 log = logging.getLogger(__name__)
 
 Freeze = Literal["encoder", "none", "all_but_head"]
+
+
+def text_language(text: str, languages: tuple[str, ...]) -> str:
+    """The language of a reference transcript among `languages`: Korean if it has Hangul, English
+    if it has Latin letters, else the first candidate."""
+    if "ko" in languages and HANGUL.search(text):
+        return "ko"
+    if "en" in languages and LATIN.search(text.lower()):
+        return "en"
+    return languages[0]
 
 
 def clip_class_probs(frame_probs: Tensor, mask: Tensor) -> Tensor:
@@ -69,10 +85,15 @@ class WhisperHeadModule(MemberModule):
     """The Whisper timestep head and keyword judge as ensemble members.
 
     `freeze`: "encoder" trains the head and the decoder; "all_but_head" only the head (and the layer
-    weights); "none" everything (the sinusoidal positions stay fixed). Validation and test log
-    `stage/loss`, `stage/timestep_acc` (valid timesteps, 20 columns), `stage/acc` (clip class),
-    `stage/binary_acc` (vote against emergency ids) and, at epoch end, `stage/cer` and
-    `stage/cer_nospace` from greedy transcripts of the first `cer_batches` batches (NFC, jiwer).
+    weights); "none" everything (the sinusoidal positions stay fixed). `head_lr`: the head's
+    learning rate when it should differ from the backbone's. `language`: forced, or None to detect
+    it per window among `languages` (the text loss then takes each reference's language from its
+    script). Validation and test log `stage/loss`, `stage/timestep_acc` (valid timesteps, 20
+    columns), `stage/acc` (clip class), `stage/binary_acc` (vote against emergency ids) and, at
+    epoch end, `stage/cer` and `stage/cer_nospace` (NFC, jiwer) from greedy transcripts of the
+    first `cer_batches` validation batches or of every test batch; the test stage also writes
+    `test_metrics.json` and `test_confusion.png`. Prediction events are runs of one class of at
+    least `min_event_s` over the smoothed timestep probabilities.
     """
 
     model_class = WhisperHeadModel
@@ -84,12 +105,15 @@ class WhisperHeadModule(MemberModule):
         optimizer: OptimizerCallable | None = None,
         lam: float = 0.5,
         freeze: Freeze = "encoder",
-        language: str = "ko",
+        language: str | None = "ko",
+        languages: tuple[str, ...] = ("ko", "en"),
         threshold: float = 0.5,
         smooth_steps: int = 25,
         cer_batches: int = 4,
         max_new_tokens: int = 96,
         keywords: str | None = None,
+        min_event_s: float = 0.2,
+        head_lr: float | None = None,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -99,15 +123,18 @@ class WhisperHeadModule(MemberModule):
             raise ValueError(f"the model has {model.config.n_outputs} outputs, need {K + 1}")
         if not 0 <= lam <= 1 or not 0 < threshold < 1 or smooth_steps < 1 or cer_batches < 0:
             raise ValueError(f"bad lam {lam}, threshold {threshold}, smooth_steps {smooth_steps}")
+        if min_event_s < 0:
+            raise ValueError(f"min_event_s must be >= 0, got {min_event_s}")
         if freeze not in ("encoder", "none", "all_but_head"):
             raise ValueError(f"freeze must be encoder, none or all_but_head, got {freeze!r}")
         self.optimizer = optimizer
         self._freeze(freeze)
         backbone = model.backbone
-        self.tokenizer = tokenizer_for(backbone, language)
+        self.languages = tuple(languages) if language is None else (language,)
+        self.tokenizer = tokenizer_for(backbone, self.languages[0])
         self.multilingual = backbone.config.vocab_size >= MULTILINGUAL_VOCAB
-        generation_config(backbone, self.tokenizer, [language] if self.multilingual else None)
-        self.decoding = DecodingOptions(language=language, max_new_tokens=max_new_tokens)
+        generation_config(backbone, self.tokenizer, self.languages if self.multilingual else None)
+        self.decoding = DecodingOptions(language, self.languages, max_new_tokens=max_new_tokens)
         self.judge = KeywordJudge.from_yaml(keywords)
         stages = ("val", "test")
         self.timestep_acc = torch.nn.ModuleDict(
@@ -118,6 +145,7 @@ class WhisperHeadModule(MemberModule):
         )
         self.binary = torch.nn.ModuleDict({s: BinaryAccuracy() for s in stages})
         self._texts: list[tuple[str, str]] = []  # (reference, hypothesis)
+        self._test: list[tuple[Tensor, Tensor, Tensor]] = []  # (label, predicted id, p_emergency)
 
     def _freeze(self, freeze: Freeze) -> None:
         backbone = self.model.backbone
@@ -132,10 +160,19 @@ class WhisperHeadModule(MemberModule):
         return any(p.requires_grad for p in self.model.encoder.parameters())
 
     def configure_optimizers(self):
-        params = [p for p in self.parameters() if p.requires_grad]
+        """The optimizer over trainable parameters; the head (and layer weights) at `head_lr`
+        when given, the backbone at the optimizer's own rate."""
+        trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        head = {n for n in trainable if not n.startswith("model.backbone.")}
+        groups = [{"params": [trainable[n] for n in sorted(head)]}]
+        if self.hparams.head_lr is not None:
+            groups[0]["lr"] = self.hparams.head_lr
+        rest = [p for n, p in trainable.items() if n not in head]
+        if rest:
+            groups.append({"params": rest})
         if self.optimizer is not None:
-            return self.optimizer(params)
-        return torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
+            return self.optimizer(groups)
+        return torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
 
     def _autocast(self):
         on_gpu = self.device.type == "cuda"
@@ -148,12 +185,21 @@ class WhisperHeadModule(MemberModule):
         with torch.set_grad_enabled(grad), self._autocast():
             return self.model.encode(mel)
 
+    def _prompt(self, transcript: str) -> list[int]:
+        """`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>` for a reference text; the
+        language is the forced one, or the text's script among the configured candidates."""
+        tok = self.tokenizer
+        if not self.multilingual:
+            return [tok.sot, tok.no_timestamps]
+        lang = text_language(transcript, self.languages)
+        return [tok.sot, tok.to_language_token(lang), tok.transcribe, tok.no_timestamps]
+
     def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
         tok = self.tokenizer
-        prompt = list(tok.sot_sequence_including_notimestamps)
         texts = [tok.encode(" " + unicodedata.normalize("NFC", t).strip()) for t in transcripts]
         texts = [t if s.strip() else [] for t, s in zip(texts, transcripts, strict=True)]
-        input_ids, labels = text_targets(prompt, texts, tok.eot)
+        prompts = [self._prompt(t) for t in transcripts]
+        input_ids, labels = text_targets(prompts, texts, tok.eot)
         with self._autocast():
             return self.model.text_loss(hidden, input_ids.to(self.device), labels.to(self.device))
 
@@ -189,7 +235,10 @@ class WhisperHeadModule(MemberModule):
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
         self.log(f"{stage}/acc", self.clip_acc[stage], batch_size=B)
         self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=B)
-        if batch_idx < self.hparams.cer_batches:
+        if stage == "test":
+            p = self._p_emergency(frame_probs, mask)
+            self._test.append((batch["label"].cpu(), class_probs.argmax(1).cpu() + 1, p.cpu()))
+        if stage == "test" or batch_idx < self.hparams.cer_batches:
             hyps = self._transcribe(encoded)
             self._texts += [(r, h.text) for r, h in zip(batch["transcript"], hyps, strict=True)]
 
@@ -205,24 +254,39 @@ class WhisperHeadModule(MemberModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
 
-    def _log_cer(self, stage: str) -> None:
+    def _log_cer(self, stage: str) -> dict[str, float]:
         """CER of the collected transcripts, NFC, with and without spaces; empty references skipped."""
         pairs = [(r, h) for r, h in self._texts if r.strip()]
         self._texts.clear()
         if not pairs:
-            return
-        refs, hyps = (
-            [unicodedata.normalize("NFC", x).strip() for x in xs] for xs in zip(*pairs, strict=True)
-        )
-        self.log(f"{stage}/cer", float(jiwer.cer(refs, hyps)))
-        squeeze = [[x.replace(" ", "") for x in xs] for xs in (refs, hyps)]
-        self.log(f"{stage}/cer_nospace", float(jiwer.cer(*squeeze)))
+            return {}
+        cer = cer_metrics(*zip(*pairs, strict=True))
+        for name, value in cer.items():
+            self.log(f"{stage}/{name}", value)
+        return cer
 
     def on_validation_epoch_end(self) -> None:
         self._log_cer("val")
 
     def on_test_epoch_end(self) -> None:
-        self._log_cer("test")
+        """Logs CER; writes `test_metrics.json` and `test_confusion.png` next to the logs."""
+        cer = self._log_cer("test")
+        y_true, y_pred, p = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
+        self._test.clear()
+        extra = {
+            "timestep_acc": float(self.timestep_acc["test"].compute()),
+            **cer,
+        }
+        write_test_report(
+            self.trainer,
+            y_true,
+            y_pred,
+            p,
+            self.hparams.threshold,
+            self.taxonomy,
+            "Whisper head, test split",
+            extra,
+        )
 
     def _p_emergency(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
         """Frame probabilities `(B, T, K + 1)` -> `(B,)` smoothed peak emergency probability."""
@@ -238,12 +302,16 @@ class WhisperHeadModule(MemberModule):
         p = self._p_emergency(frame_probs, mask)
         valid = mask[..., None].to(encoded.hidden.dtype)  # (B, T, 1)
         embedding = (encoded.hidden * valid).sum(1) / valid.sum(1).clamp_min(1)  # (B, D)
+        min_steps = max(1, seconds_to_timesteps(self.hparams.min_event_s))
         head = MemberOutput(
             p_emergency=p,
             vote=p > self.hparams.threshold,
             class_probs=clip_class_probs(frame_probs, mask),
             frame_probs=frame_probs,
             embedding=embedding.float(),
+            events=frame_events(
+                frame_probs, mask, self.taxonomy, self.hparams.smooth_steps, min_steps
+            ),
         )
         hyps = self._transcribe(encoded)
         judgements = self.judge.judge_batch(

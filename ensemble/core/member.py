@@ -10,15 +10,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import itertools
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor, nn
 
+from ensemble.core.audio import timesteps_to_seconds
 from ensemble.core.labels import Taxonomy
+
+Event = tuple[float, float, str]  # (start_s, end_s, class_key)
 
 
 @dataclass
@@ -27,7 +32,8 @@ class MemberOutput:
 
     p_emergency `(B,)` in [0, 1]; vote `(B,)` bool after the member's threshold; class_probs
     `(B, K)` over the K situations (column k is taxonomy id k + 1); frame_probs `(B, T, K + 1)` with
-    column 0 = none; transcript B strings; embedding `(B, D)`.
+    column 0 = none; transcript B strings; embedding `(B, D)`; events B lists of
+    `(start_s, end_s, class_key)` in seconds from the window's start.
     """
 
     p_emergency: Tensor
@@ -36,6 +42,7 @@ class MemberOutput:
     frame_probs: Tensor | None = None
     transcript: list[str] | None = None
     embedding: Tensor | None = None
+    events: list[list[Event]] | None = None
 
     def __post_init__(self) -> None:
         if self.p_emergency.ndim != 1:
@@ -51,8 +58,10 @@ class MemberOutput:
                 raise ValueError(
                     f"{name} must have {ndim} dims and B={B} rows, got {tuple(value.shape)}"
                 )
-        if self.transcript is not None and len(self.transcript) != B:
-            raise ValueError(f"transcript must have B={B} strings, got {len(self.transcript)}")
+        for name in ("transcript", "events"):
+            value = getattr(self, name)
+            if value is not None and len(value) != B:
+                raise ValueError(f"{name} must have B={B} entries, got {len(value)}")
 
     def cpu(self) -> MemberOutput:
         """A copy with every tensor detached on the CPU."""
@@ -64,6 +73,40 @@ class MemberOutput:
                 if isinstance(getattr(self, f.name), Tensor)
             },
         )
+
+
+def frame_events(
+    frame_probs: Tensor, mask: Tensor, taxonomy: Taxonomy, smooth_steps: int = 1, min_steps: int = 1
+) -> list[list[Event]]:
+    """Runs of one class over valid timesteps: `(B, T, K + 1)`, `(B, T)` -> B lists of events.
+
+    Probabilities are averaged over `smooth_steps` timesteps first; each timestep takes its most
+    probable column; runs of a class (not `none`) of at least `min_steps` timesteps are events
+    `(start_s, end_s, class_key)` in seconds from the window's start.
+    """
+    if frame_probs.ndim != 3 or mask.shape != frame_probs.shape[:2]:
+        raise ValueError(f"need (B, T, C) and (B, T), got {frame_probs.shape} and {mask.shape}")
+    p = frame_probs.detach().float()
+    if smooth_steps > 1:  # (B, C, T) moving average, shrinking at both ends
+        p = torch.nn.functional.avg_pool1d(
+            p.transpose(1, 2), smooth_steps, 1, smooth_steps // 2, count_include_pad=False
+        )[..., : mask.shape[1]].transpose(1, 2)
+    ids = p.argmax(-1).masked_fill(~mask.bool(), 0).cpu().numpy()  # (B, T)
+    out = []
+    for row in ids:
+        edges = np.flatnonzero(np.diff(row, prepend=-1, append=-1))  # starts of runs, and T
+        out.append(
+            [
+                (
+                    timesteps_to_seconds(int(lo)),
+                    timesteps_to_seconds(int(hi)),
+                    taxonomy.key(int(row[lo])),
+                )
+                for lo, hi in itertools.pairwise(edges)
+                if row[lo] != 0 and hi - lo >= min_steps
+            ]
+        )
+    return out
 
 
 def emergency_probability(class_probs: Tensor, taxonomy: Taxonomy) -> Tensor:

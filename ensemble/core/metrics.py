@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 
+import jiwer
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
@@ -65,6 +68,53 @@ def binary_metrics(
         "auc": float(roc_auc_score(y, s)),
         "pauc": float(roc_auc_score(y, s, max_fpr=max_fpr)),
     }
+
+
+def cer_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
+    """Character error rate (jiwer) of NFC, stripped texts, with spaces (`cer`) and without
+    (`cer_nospace`: Korean spacing in ASR output is unreliable). Empty references are skipped."""
+    pairs = [
+        tuple(unicodedata.normalize("NFC", str(x)).strip() for x in pair)
+        for pair in zip(references, hypotheses, strict=True)
+    ]
+    pairs = [(r, h) for r, h in pairs if r]
+    if not pairs:
+        return {"cer": math.nan, "cer_nospace": math.nan}
+    refs, hyps = (list(x) for x in zip(*pairs, strict=True))
+    squeeze = [[x.replace(" ", "") for x in xs] for xs in (refs, hyps)]
+    return {"cer": float(jiwer.cer(refs, hyps)), "cer_nospace": float(jiwer.cer(*squeeze))}
+
+
+def write_test_report(
+    trainer,
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    p_emergency: np.ndarray,
+    threshold: float,
+    taxonomy: Taxonomy,
+    title: str,
+    extra: dict | None = None,
+) -> dict:
+    """A member's test-stage files next to its logs: `test_metrics.json`, `test_confusion.png`.
+
+    `y_true`, `y_pred` taxonomy ids `(N,)`; `binary_acc` of the predicted class, `vote_acc` of
+    `p_emergency > threshold`, AUC and pAUC of `p_emergency`; `extra` metrics are added.
+    """
+    if trainer.world_size > 1:
+        log.warning("test metrics files cover rank %d only", trainer.global_rank)
+    out = Path(trainer.log_dir or trainer.default_root_dir)
+    is_emergency = np.isin(y_true, taxonomy.emergency_ids)
+    metrics = {
+        **class_metrics(y_true, y_pred, taxonomy),
+        "vote_acc": float(np.mean((p_emergency > threshold) == is_emergency)),
+        **binary_metrics(is_emergency, p_emergency),
+        **(extra or {}),
+    }
+    cm = class_confusion(y_true, y_pred, taxonomy)
+    write_json({**metrics, "confusion": cm}, out / "test_metrics.json")
+    plot_confusion(cm, taxonomy, out / "test_confusion.png", title)
+    log.info("test: %s; written to %s", metrics, out)
+    return metrics
 
 
 def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
