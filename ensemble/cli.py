@@ -60,32 +60,44 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    """The whole job on the demo data, so far: build it, import it with leak-free splits, summarise."""
-    out = Path(args.out)
-    data, manifest = out / "data", out / "manifest.csv"
-    t0 = time.perf_counter()
-    _make_demo_data(
-        argparse.Namespace(
-            out=data,
-            per_class=args.per_class,
-            seed=args.seed,
-            cache=args.cache,
-            workers=args.workers,
-        )
+    from ensemble.demo import run_demo
+
+    run_demo(args)
+
+
+def _infer(args: argparse.Namespace) -> None:
+    from ensemble.pipeline import infer, load_config
+
+    config = load_config(args.config, batch_size=args.batch_size, device=args.device)
+    result = infer(
+        args.folder,
+        args.out,
+        config,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        devices=args.devices,
+        strategy=args.strategy,
     )
-    _import_aihub(
-        argparse.Namespace(
-            root=data,
-            out=manifest,
-            extract_dir=None,
-            labels=None,
-            split=True,
-            fractions=args.fractions,
-            seed=args.seed,
-        )
+    if result.table.empty and not result.n_files:
+        return  # a DDP process other than rank 0, or nothing to do
+    hours = result.audio_s / 3600
+    print(
+        f"{result.n_files} files ({result.n_errors} errors, {result.n_skipped} done before), "
+        f"{hours:.2f} h of audio in {result.wall_s:.1f} s "
+        f"({result.audio_s / max(result.wall_s, 1e-9):.1f}x real time)"
     )
-    _summary(argparse.Namespace(manifest=manifest, labels=None))
-    print(f"demo finished in {time.perf_counter() - t0:.1f} s; manifest: {manifest}")
+    if len(result.table):
+        emergencies = int(result.table["emergency"].fillna(False).astype(bool).sum())
+        print(f"{emergencies} of {len(result.table)} files hold an emergency")
+    print(f"predictions: {result.out / 'predictions.csv'} (and predictions.jsonl, windows.jsonl)")
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ensemble.evaluate import evaluate, report_table
+
+    metrics = evaluate(args.predictions, args.manifest, args.out, args.labels, args.timelines)
+    print(report_table(metrics))
+    print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
 
 
 LIGHTNING = ("fit", "validate", "test", "predict")
@@ -173,8 +185,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", type=Path, default=None)
     p.set_defaults(func=_summary)
 
-    p = sub.add_parser("demo", help="the main job on the demo data")
+    p = sub.add_parser("infer", help="the ensemble over every audio file in a folder")
+    p.add_argument("folder", type=Path, help="a folder (searched recursively) or one file")
+    p.add_argument("--out", type=Path, required=True, help="folder for the predictions")
+    p.add_argument("--config", type=Path, default=Path("configs/ensemble.yaml"))
+    p.add_argument("--resume", action="store_true", help="skip files with a row already")
+    p.add_argument("--overwrite", action="store_true", help="delete earlier predictions in OUT")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per batch")
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None)
+    p.add_argument("--devices", type=int, default=1, help="processes (DDP shards files)")
+    p.add_argument("--strategy", default="auto", help="e.g. ddp with --devices > 1")
+    p.set_defaults(func=_infer)
+
+    p = sub.add_parser("evaluate", help="metrics, report and plots of predictions vs a manifest")
+    p.add_argument("predictions", type=Path, help="an infer --out folder or its predictions.jsonl")
+    p.add_argument("manifest", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--labels", type=Path, default=None)
+    p.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser(
+        "demo", help="the main job: demo data, fit every member, infer on the test split, report"
+    )
     p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    p.add_argument(
+        "--fit-arg",
+        dest="fit_args",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="a LightningCLI override for every member (repeatable): --fit-arg=--trainer.max_steps=2",
+    )
     p.add_argument("--per-class", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--cache", type=Path, default=None)

@@ -25,3 +25,71 @@ def demo_manifest(demo, tmp_path_factory):
     root, _ = demo
     df = assign_splits(import_aihub(root)[0], seed=0)
     return write_manifest(df, tmp_path_factory.mktemp("manifest") / "manifest.csv")
+
+
+@pytest.fixture(scope="session")
+def member_checkpoints(demo_manifest, tmp_path_factory):
+    """Tiny checkpoints of the three member modules after a step or two on the demo data:
+    {"whisper_head": random tiny Whisper, "cnn": ..., "anomaly": calibrated}."""
+    import pytorch_lightning as pl
+
+    from anomaly.model import AnomalyNet, AnomalyNetConfig
+    from anomaly.module import AnomalyModule
+    from cnn.model import MelCNN, MelCNNConfig
+    from cnn.module import CNNModule
+    from ensemble.core.data import AudioDataModule
+    from whisper_head.model import WhisperHeadConfig, WhisperHeadModel
+    from whisper_head.module import WhisperHeadModule
+
+    out = tmp_path_factory.mktemp("members")
+    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
+    modules = {
+        "whisper_head": WhisperHeadModule(
+            WhisperHeadModel(WhisperHeadConfig("random:tiny", hidden_dim=8)),
+            language=None,
+            max_new_tokens=4,
+        ),
+        "cnn": CNNModule(MelCNN(MelCNNConfig(widths=(4, 8), emb_dim=8, dropout=0.0))),
+        "anomaly": AnomalyModule(
+            AnomalyNet(AnomalyNetConfig(image_size=96, width=8, head_dim=32, embed_dim=16))
+        ),
+    }
+    paths = {}
+    pl.seed_everything(0)
+    for name, module in modules.items():
+        data = AudioDataModule(
+            demo_manifest,
+            batch_size=4,
+            num_workers=0,
+            train_classes="normal" if name == "anomaly" else "all",
+        )
+        calibrate = name == "anomaly"  # its validation fits the density and the threshold
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            max_epochs=1,
+            limit_train_batches=1,
+            limit_val_batches=1.0 if calibrate else 0,
+            num_sanity_val_steps=0,
+            enable_checkpointing=False,
+            **quiet,
+        )
+        trainer.fit(module, datamodule=data)
+        paths[name] = out / f"{name}.ckpt"
+        trainer.save_checkpoint(paths[name])
+    return paths
+
+
+@pytest.fixture(scope="session")
+def ensemble_config(member_checkpoints, tmp_path_factory):
+    """configs/ensemble.yaml pointed at the tiny checkpoints, on the CPU, no decoding workers."""
+    from pathlib import Path
+
+    import yaml
+
+    raw = yaml.safe_load((Path(__file__).parents[1] / "configs/ensemble.yaml").read_text())
+    for member in raw["members"]:
+        member["checkpoint"] = str(member_checkpoints[member["class_path"].split(".")[0]])
+    raw |= {"device": "cpu", "num_workers": 0, "batch_size": 3}
+    path = tmp_path_factory.mktemp("ensemble") / "ensemble.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
