@@ -184,13 +184,9 @@ class CNNModule(MemberModule):
         `binary_acc`: emergency/normal of the predicted class; `vote_acc`: of the member's vote
         (`p_emergency > threshold`); `auc`, `pauc`: of `p_emergency`.
         """
-        y_true, y_pred, p = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
-        self._test.clear()
         write_test_report(
             self.trainer,
-            y_true,
-            y_pred,
-            p,
+            self._test,
             self.hparams.threshold,
             self.taxonomy,
             "mel CNN, test split",

@@ -322,7 +322,7 @@ class FileRollup(BasePredictionWriter):
             name: self.out / f"{name}{suffix}.jsonl" for name in ("predictions", "windows")
         }
         self.bar = tqdm(
-            total=round(self.total_s, 1),
+            total=round(self.total_s / trainer.world_size, 1),  # rank 0's share, roughly
             unit="audio s",
             desc="infer",
             disable=trainer.global_rank != 0,

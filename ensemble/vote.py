@@ -40,23 +40,24 @@ def _bool_like(name: str, x: np.ndarray) -> np.ndarray:
     return x.astype(bool)
 
 
+def _matrix(name: str, x: Any) -> np.ndarray:
+    """`x` as an `(M, B)` array with M >= 1, or ValueError naming `name`."""
+    a = _as_array(x)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (M, B), got shape {a.shape}")
+    if a.shape[0] < 1:
+        raise ValueError(f"{name} need at least one member (M >= 1), got shape {a.shape}")
+    return a
+
+
 def _votes(votes: Any) -> np.ndarray:
     """Votes `(M, B)` as bool."""
-    v = _as_array(votes)
-    if v.ndim != 2:
-        raise ValueError(f"votes must be 2-D (M, B), got shape {v.shape}")
-    if v.shape[0] < 1:
-        raise ValueError(f"votes need at least one member (M >= 1), got shape {v.shape}")
-    return _bool_like("votes", v)
+    return _bool_like("votes", _matrix("votes", votes))
 
 
 def _probs(probs: Any) -> np.ndarray:
     """Probabilities `(M, B)` as float64, finite and within [0, 1]."""
-    p = _as_array(probs)
-    if p.ndim != 2:
-        raise ValueError(f"probs must be 2-D (M, B), got shape {p.shape}")
-    if p.shape[0] < 1:
-        raise ValueError(f"probs need at least one member (M >= 1), got shape {p.shape}")
+    p = _matrix("probs", probs)
     if not (np.issubdtype(p.dtype, np.number) or p.dtype == np.bool_):
         raise ValueError(f"probs must be numeric, got dtype {p.dtype}")
     p = p.astype(np.float64)

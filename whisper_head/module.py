@@ -271,17 +271,13 @@ class WhisperHeadModule(MemberModule):
     def on_test_epoch_end(self) -> None:
         """Logs CER; writes `test_metrics.json` and `test_confusion.png` next to the logs."""
         cer = self._log_cer("test")
-        y_true, y_pred, p = (torch.cat(t).numpy() for t in zip(*self._test, strict=True))
-        self._test.clear()
         extra = {
             "timestep_acc": float(self.timestep_acc["test"].compute()),
             **cer,
         }
         write_test_report(
             self.trainer,
-            y_true,
-            y_pred,
-            p,
+            self._test,
             self.hparams.threshold,
             self.taxonomy,
             "Whisper head, test split",

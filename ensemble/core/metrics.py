@@ -87,9 +87,7 @@ def cer_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
 
 def write_test_report(
     trainer,
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    p_emergency: np.ndarray,
+    batches: list[tuple],
     threshold: float,
     taxonomy: Taxonomy,
     title: str,
@@ -97,9 +95,14 @@ def write_test_report(
 ) -> dict:
     """A member's test-stage files next to its logs: `test_metrics.json`, `test_confusion.png`.
 
-    `y_true`, `y_pred` taxonomy ids `(N,)`; `binary_acc` of the predicted class, `vote_acc` of
+    `batches`: per test batch, true and predicted taxonomy ids `(B,)` and `p_emergency (B,)`
+    (tensors or arrays); the list is emptied. `binary_acc` of the predicted class, `vote_acc` of
     `p_emergency > threshold`, AUC and pAUC of `p_emergency`; `extra` metrics are added.
     """
+    y_true, y_pred, p_emergency = (
+        np.concatenate([np.asarray(x) for x in xs]) for xs in zip(*batches, strict=True)
+    )
+    batches.clear()
     if trainer.world_size > 1:
         log.warning("test metrics files cover rank %d only", trainer.global_rank)
     out = Path(trainer.log_dir or trainer.default_root_dir)
