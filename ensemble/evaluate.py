@@ -18,12 +18,9 @@ import argparse
 import json
 import logging
 import math
-import re
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-import jiwer
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
@@ -33,6 +30,7 @@ from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import clips, read_manifest
 from ensemble.core.metrics import (
     binary_metrics,
+    cer_metrics,
     class_confusion,
     class_metrics,
     plot_confusion,
@@ -197,29 +195,6 @@ def _binary(y: np.ndarray, vote: np.ndarray) -> dict[str, float]:
     }
 
 
-def _text(s, spaces: bool = True) -> str:
-    s = unicodedata.normalize("NFC", str(s or "")).strip()
-    return s if spaces else re.sub(r"\s+", "", s)
-
-
-def cer(references: list[str], hypotheses: list[str]) -> dict[str, float]:
-    """Corpus CER (jiwer: edits / reference characters) with and without spaces.
-
-    Pairs whose reference is empty after NFC and stripping are left out.
-    """
-    pairs = [(_text(r), _text(h)) for r, h in zip(references, hypotheses, strict=True)]
-    pairs = [(r, h) for r, h in pairs if r]
-    if not pairs:
-        return {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}
-    refs, hyps = [r for r, _ in pairs], [h for _, h in pairs]
-    refs_ns, hyps_ns = [_text(r, False) for r in refs], [_text(h, False) for h in hyps]
-    return {
-        "cer": float(jiwer.cer(refs, hyps)),
-        "cer_nospace": float(jiwer.cer(refs_ns, hyps_ns)),
-        "n_cer": len(pairs),
-    }
-
-
 def _keys(name: str) -> tuple[str, str, str]:
     """(score, vote, class) field names of a member, or of the ensemble."""
     if name == ENSEMBLE:
@@ -270,7 +245,7 @@ def score_one(
 
     out |= {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}
     if transcripts:
-        out |= cer(
+        out |= cer_metrics(
             [m.clip["transcript"] for m in matched], [m.row.get("transcript") for m in matched]
         )
 

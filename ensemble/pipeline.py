@@ -343,7 +343,10 @@ class FileRollup(BasePredictionWriter):
             self._write_file(error_row(item["path"], item["error"], self.config.names), [])
         elapsed = time.perf_counter() - self.t0
         self.bar.set_postfix(
-            files=self.n_files, errors=self.n_errors, speed=f"{self.bar.n / elapsed:.1f}x"
+            files=self.n_files,
+            errors=self.n_errors,
+            hours=f"{self.bar.n / 3600:.2f}/{self.bar.total / 3600:.2f}",
+            speed=f"{self.bar.n / elapsed:.1f}x",
         )
 
     def _add_windows(self, prediction: dict, batch: dict, weights: np.ndarray) -> None:

@@ -261,8 +261,8 @@ class WhisperHeadModule(MemberModule):
         if not pairs:
             return {}
         cer = cer_metrics(*zip(*pairs, strict=True))
-        for name, value in cer.items():
-            self.log(f"{stage}/{name}", value)
+        for name in ("cer", "cer_nospace"):
+            self.log(f"{stage}/{name}", cer[name])
         return cer
 
     def on_validation_epoch_end(self) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,19 +71,25 @@ def binary_metrics(
     }
 
 
-def cer_metrics(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
-    """Character error rate (jiwer) of NFC, stripped texts, with spaces (`cer`) and without
-    (`cer_nospace`: Korean spacing in ASR output is unreliable). Empty references are skipped."""
-    pairs = [
-        tuple(unicodedata.normalize("NFC", str(x)).strip() for x in pair)
-        for pair in zip(references, hypotheses, strict=True)
-    ]
+def cer_metrics(references: Sequence[str | None], hypotheses: Sequence[str | None]) -> dict:
+    """Corpus character error rate (jiwer: edits / reference characters) of NFC, stripped texts,
+    with spaces (`cer`) and without any whitespace (`cer_nospace`: Korean spacing in ASR output is
+    unreliable); `n_cer` pairs. Pairs with an empty reference are left out; None counts as ""."""
+
+    def text(x: str | None) -> str:
+        return unicodedata.normalize("NFC", str(x or "")).strip()
+
+    pairs = [(text(r), text(h)) for r, h in zip(references, hypotheses, strict=True)]
     pairs = [(r, h) for r, h in pairs if r]
     if not pairs:
-        return {"cer": math.nan, "cer_nospace": math.nan}
-    refs, hyps = (list(x) for x in zip(*pairs, strict=True))
-    squeeze = [[x.replace(" ", "") for x in xs] for xs in (refs, hyps)]
-    return {"cer": float(jiwer.cer(refs, hyps)), "cer_nospace": float(jiwer.cer(*squeeze))}
+        return {"cer": math.nan, "cer_nospace": math.nan, "n_cer": 0}
+    refs, hyps = ([x[i] for x in pairs] for i in (0, 1))
+    squeeze = [[re.sub(r"\s+", "", x) for x in xs] for xs in (refs, hyps)]
+    return {
+        "cer": float(jiwer.cer(refs, hyps)),
+        "cer_nospace": float(jiwer.cer(*squeeze)),
+        "n_cer": len(pairs),
+    }
 
 
 def write_test_report(
