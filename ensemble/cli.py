@@ -92,14 +92,6 @@ def _infer(args: argparse.Namespace) -> None:
     print(f"predictions: {result.out / 'predictions.csv'} (and predictions.jsonl, windows.jsonl)")
 
 
-def _evaluate(args: argparse.Namespace) -> None:
-    from ensemble.evaluate import evaluate, report_table
-
-    metrics = evaluate(args.predictions, args.manifest, args.out, args.labels, args.timelines)
-    print(report_table(metrics))
-    print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
-
-
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 
@@ -197,13 +189,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto", help="e.g. ddp with --devices > 1")
     p.set_defaults(func=_infer)
 
-    p = sub.add_parser("evaluate", help="metrics, report and plots of predictions vs a manifest")
-    p.add_argument("predictions", type=Path, help="an infer --out folder or its predictions.jsonl")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--labels", type=Path, default=None)
-    p.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
-    p.set_defaults(func=_evaluate)
+    sub.add_parser(  # parsed by ensemble.evaluate.main: listed here for --help only
+        "evaluate",
+        add_help=False,
+        help="metrics, report and plots of predictions against a manifest (see `evaluate --help`)",
+    )
 
     p = sub.add_parser(
         "demo", help="the main job: demo data, fit every member, infer on the test split, report"
@@ -237,6 +227,15 @@ def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in LIGHTNING:
         lightning(argv)  # None: LightningCLI reads sys.argv itself
+        return 0
+    if words and words[0] == "evaluate":
+        from ensemble.evaluate import main as evaluate
+
+        try:
+            evaluate(words[1:])
+        except (ValueError, FileNotFoundError) as e:
+            logging.getLogger("emergency-ensemble").error("%s", e)
+            return 1
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(

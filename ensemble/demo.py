@@ -148,7 +148,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     result = infer(folder, out / "predictions", load_config(config), overwrite=True)
     print(f"{result.n_files} files, {result.n_errors} errors, {result.wall_s:.0f} s")
     _stage("4/5 evaluation", t0)
-    metrics = evaluate(out / "predictions", manifest, out / "report")
+    metrics = evaluate(out / "predictions", manifest, out / "report", split="test")
     _stage("5/5 done", t0)
     print(report_table(metrics))
     print(

@@ -352,15 +352,24 @@ def evaluate(
     labels: str | Path | Taxonomy | None = None,
     timelines: int = 8,
     seed: int = 0,
+    split: str | None = None,
 ) -> dict:
     """Score an infer output dir (or its predictions.jsonl) against `manifest`; write to `out`.
+
+    `split`: only the manifest's clips of that split are expected (e.g. "test"), so the others do
+    not count as missing.
 
     Returns {"n_files", "n_errors", "n_unmatched", "n_missing", "unmatched", "missing",
     "members": {name: metrics}, "ensemble": metrics, "plots": [file names]}.
     """
     taxonomy = labels if isinstance(labels, Taxonomy) else load_taxonomy(labels)
     rows, folder, pred_path = read_predictions(predictions)
-    table = clips(read_manifest(manifest, taxonomy))
+    df = read_manifest(manifest, taxonomy)
+    if split is not None:
+        if split not in set(df["split"]):
+            raise ValueError(f"{manifest}: no clip of split {split!r}")
+        df = df[df["split"] == split]
+    table = clips(df)
     pairs, unmatched, missing = match(rows, table, folder)
     errors = [r for r in rows if r.get("status", "ok") != "ok"]
     matched = [Matched(r, table.iloc[i]) for r, i in pairs if r.get("status", "ok") == "ok"]
@@ -448,7 +457,7 @@ def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m ensemble.evaluate", description=__doc__.split("\n")[0]
+        prog="emergency-ensemble evaluate", description=__doc__.split("\n")[0]
     )
     parser.add_argument("predictions", help="infer output dir, or its predictions.jsonl")
     parser.add_argument("manifest", help="manifest CSV/JSONL with the true labels")
@@ -458,10 +467,17 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
     parser.add_argument("--seed", type=int, default=0, help="seed of the timeline sample")
+    parser.add_argument("--split", default=None, help="expect only this split's clips, e.g. test")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = evaluate(
-        args.predictions, args.manifest, args.out, args.labels, args.timelines, args.seed
+        args.predictions,
+        args.manifest,
+        args.out,
+        args.labels,
+        args.timelines,
+        args.seed,
+        args.split,
     )
     print(report_table(metrics))
     print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
