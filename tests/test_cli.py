@@ -1,7 +1,14 @@
+"""The `emergency-ensemble` command: data subcommands and the main job."""
+
+import json
+from pathlib import Path
+
 import pandas as pd
 
 from ensemble.cli import main
 from ensemble.core.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_import_split_summary(demo, tmp_path, capsys):
@@ -43,8 +50,40 @@ def test_bad_manifest_is_a_clear_error(tmp_path, caplog):
     assert "unknown label 'dragon'" in caplog.text
 
 
-def test_demo_command(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--per-class", "1", "--workers", "1"]) == 0
+def test_demo_command_runs_every_stage(tmp_path, capsys):
+    """The main job end to end with configs/demo.yaml's members made tiny (random Whisper)."""
+    import yaml
+
+    plan = yaml.safe_load((ROOT / "configs/demo.yaml").read_text())
+    tiny = {
+        "whisper_head": [
+            "--model.init_args.model.init_args.config.source=random:tiny",
+            "--model.init_args.model.init_args.config.hidden_dim=8",
+            "--model.init_args.max_new_tokens=4",
+        ],
+        "cnn": [],
+        "anomaly": ["--model.init_args.model.init_args.config.image_size=96"],
+    }
+    for name, member in plan["members"].items():
+        member["args"] += tiny[name]
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump(plan))
+    quick = ["--trainer.max_steps=2", "--trainer.limit_val_batches=2"]
+    quick += ["--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false"]
+    out = tmp_path / "run"
+    args = ["demo", "--out", str(out), "--per-class", "2", "--config", str(config)]
+    assert main(args + [f"--fit-arg={a}" for a in quick]) == 0
     text = capsys.readouterr().out
-    assert "19 clips" in text and "demo finished" in text
-    assert (tmp_path / "manifest.csv").is_file() and (tmp_path / "data" / "README.md").is_file()
+    assert "38 clips" in text and "demo finished" in text and "| ensemble |" in text
+    assert (out / "data" / "README.md").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "anomaly.ckpt",
+        "cnn.ckpt",
+        "whisper_head.ckpt",
+    ]
+    predictions = (out / "predictions" / "predictions.jsonl").read_text().splitlines()
+    test_files = [p for p in (out / "test_audio").rglob("*.wav")]
+    assert len(predictions) == len(test_files) > 0
+    metrics = json.loads((out / "report" / "metrics.json").read_text())
+    assert metrics["n_files"] == len(test_files) and metrics["n_missing"] == 0
+    assert set(metrics["members"]) == {"whisper_head", "keyword_judge", "cnn", "anomaly"}
