@@ -78,8 +78,8 @@ def _infer(args: argparse.Namespace) -> None:
         devices=args.devices,
         strategy=args.strategy,
     )
-    if result.table.empty and not result.n_files:
-        return  # a DDP process other than rank 0, or nothing to do
+    if result.rank != 0:
+        return  # DDP: rank 0 merges and reports
     hours = result.audio_s / 3600
     print(
         f"{result.n_files} files ({result.n_errors} errors, {result.n_skipped} done before), "

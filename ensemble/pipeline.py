@@ -328,7 +328,7 @@ class FileRollup(BasePredictionWriter):
             disable=trainer.global_rank != 0,
             dynamic_ncols=True,
         )
-        self.t0 = time.perf_counter()
+        self.t0, self.done_s = time.perf_counter(), 0.0
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self.bar.close()
@@ -341,6 +341,8 @@ class FileRollup(BasePredictionWriter):
         for item in batch["errors"]:  # after the windows: a file's error follows its windows
             self.files.pop(item["path"], None)
             self._write_file(error_row(item["path"], item["error"], self.config.names), [])
+        if self.bar.disable:  # DDP ranks other than 0
+            return
         elapsed = time.perf_counter() - self.t0
         self.bar.set_postfix(
             files=self.n_files,
@@ -357,7 +359,8 @@ class FileRollup(BasePredictionWriter):
         mean_probs = self._mean_class_probs(prediction, weights)  # (B, K) or None
         for b, meta in enumerate(batch["meta"]):
             self._add_window(meta, b, prediction, decision, mean_probs)
-            self.bar.update(round(meta["n_valid"] / SAMPLE_RATE, 1))
+            self.done_s += meta["n_valid"] / SAMPLE_RATE
+            self.bar.update(round(self.done_s, 1) - self.bar.n)  # no float drift in the display
 
     def _mean_class_probs(self, prediction: dict, weights: np.ndarray) -> np.ndarray | None:
         """Weighted mean of the members' class probabilities `(B, K)`; None if no member has them."""
@@ -549,7 +552,8 @@ class InferResult:
     n_skipped: int  # done by an earlier run (resume)
     audio_s: float
     wall_s: float
-    table: pd.DataFrame
+    table: pd.DataFrame  # the merged table; empty on DDP ranks other than 0
+    rank: int = 0
 
 
 def infer(
@@ -641,7 +645,7 @@ def infer(
             "devices": trainer.world_size,
         }
         (out / "run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
-    return InferResult(out, n_files, n_errors, len(done), audio_s, wall, table)
+    return InferResult(out, n_files, n_errors, len(done), audio_s, wall, table, trainer.global_rank)
 
 
 def _launching_process() -> bool:

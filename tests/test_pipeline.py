@@ -225,6 +225,7 @@ def test_two_process_ddp_equals_one_process(demo, ensemble_config, tmp_path):
         env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("predictions:") == 1  # rank 0 alone reports
     run = json.loads((out / "run.json").read_text())
     assert run["devices"] == 2 and not list(out.glob("*.rank*"))
     assert_same_rows(rows(out), rows(tmp_path / "one"))
