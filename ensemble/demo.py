@@ -30,7 +30,7 @@ def fit_member(
     name: str, config: Path, args: list[str], manifest: Path, out: Path, extra: list[str] = ()
 ) -> Path:
     """`emergency-ensemble fit --config CONFIG ARGS` into `out/NAME`; the best checkpoint is
-    copied to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored)."""
+    linked (or copied) to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored)."""
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
@@ -69,10 +69,14 @@ def fit_member(
     best = Path(callback.best_model_path or callback.last_model_path) if callback else None
     target = out / "checkpoints" / f"{name}.ckpt"
     target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
     if best is None or not best.is_file():
         cli.trainer.save_checkpoint(target, weights_only=True)
     else:
-        shutil.copyfile(best, target)
+        try:
+            os.link(best, target)  # no second copy of a 300 MB Whisper checkpoint
+        except OSError:
+            shutil.copyfile(best, target)
     return target
 
 
