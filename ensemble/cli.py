@@ -95,22 +95,24 @@ def _infer(args: argparse.Namespace) -> None:
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 
-def lightning(argv: list[str] | None) -> None:
+def lightning(argv: list[str] | None, run: bool = True):
     """`fit|validate|test|predict --config configs/<member>.yaml`: LightningCLI over any member.
 
     The member and the data come from `class_path` entries of the config, so this module imports no
-    member. Checkpoints and logs go to the trainer's `default_root_dir`.
+    member. Checkpoints and logs go to the trainer's `default_root_dir`. With `run=False` (no
+    subcommand in `argv`) the CLI only builds the trainer, model and datamodule, and returns them.
     """
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
-    LightningCLI(
+    return LightningCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # members build their own optimiser from their arguments
         save_config_kwargs={"overwrite": True},
+        run=run,
         args=argv,
     )
 

@@ -31,8 +31,7 @@ def fit_member(
 ) -> Path:
     """`emergency-ensemble fit --config CONFIG ARGS` into `out/NAME`; the best checkpoint is
     linked (or copied) to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored)."""
-    from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
+    from ensemble.cli import lightning
 
     raw = yaml.safe_load(Path(config).read_text())
     raw.pop("weights_only", None)  # a key of `emergency-ensemble fit`, not of LightningCLI
@@ -46,15 +45,8 @@ def fit_member(
             f"--trainer.logger.init_args.save_dir={root}",
             "--trainer.logger.init_args.name=logs",
         ]
-    cli = LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        run=False,
-        args=[
+    cli = lightning(
+        [
             "--config",
             str(shrunk),
             *args,
@@ -63,6 +55,7 @@ def fit_member(
             *logger,
             *extra,
         ],
+        run=False,
     )
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     callback = cli.trainer.checkpoint_callback

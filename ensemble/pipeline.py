@@ -213,12 +213,7 @@ def list_audio(folder: str | Path) -> list[Path]:
         return [folder]
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for name in sorted(dirs + files):
-            if name.lower().endswith(AUDIO_EXTENSIONS):
-                found.append(Path(root, name))
+    found = [p for p in folder.rglob("*") if p.name.lower().endswith(AUDIO_EXTENSIONS)]
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
@@ -602,9 +597,9 @@ def infer(
         len(todo),
     )
     total_s = sum(_duration(p) for _, p in todo)
-    taxonomy = load_taxonomy(config.labels)
+    module = EnsembleModule(config)
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}[config.device]
-    writer = FileRollup(out, config, taxonomy, total_s)
+    writer = FileRollup(out, config, module.taxonomy, total_s)
     trainer = pl.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -616,7 +611,6 @@ def infer(
         use_distributed_sampler=False,
         default_root_dir=out,
     )
-    module = EnsembleModule(config)
     stream = WindowStream(todo, config.hop_s, config.min_duration_s)
     loader = DataLoader(
         stream,

@@ -181,7 +181,8 @@ def detect_language(
     return [languages[i] for i in best.tolist()]
 
 
-def _prompt(tokenizer, language: str, multilingual: bool) -> list[int]:
+def prompt_tokens(tokenizer, language: str, multilingual: bool) -> list[int]:
+    """`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>` (English-only: no language)."""
     if not multilingual:
         return [tokenizer.sot, tokenizer.no_timestamps]
     lang = language_ids(tokenizer, [language])[0]
@@ -267,10 +268,10 @@ def transcribe_encoded(
                 **kwargs,
             )
         seqs = seqs.sequences if hasattr(seqs, "sequences") else seqs
-        prompt_len = len(_prompt(tokenizer, lang, multilingual))
+        prompt_len = len(prompt_tokens(tokenizer, lang, multilingual))
         for i, row in zip(rows, seqs.tolist(), strict=True):
             texts[i] = _text_tokens(row, prompt_len, tokenizer.sot, tokenizer.eot)
-    prompts = [_prompt(tokenizer, lang, multilingual) for lang in langs]
+    prompts = [prompt_tokens(tokenizer, lang, multilingual) for lang in langs]
     logprobs = _avg_logprobs(model, hidden, prompts, texts, tokenizer.eot)
     return [
         Transcript(tokenizer.decode(t).strip(), t, lp, ns, lang)

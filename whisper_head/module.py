@@ -29,6 +29,7 @@ from ensemble.core.member import (
     MemberOutput,
     emergency_targets,
     frame_events,
+    moving_average,
 )
 from ensemble.core.metrics import cer_metrics, write_test_report
 from whisper_head.decode import (
@@ -36,6 +37,7 @@ from whisper_head.decode import (
     DecodingOptions,
     generation_config,
     log_mel,
+    prompt_tokens,
     tokenizer_for,
     transcribe_encoded,
 )
@@ -73,11 +75,7 @@ def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
 
     Padding timesteps count as 0; the window shrinks at both ends of the array.
     """
-    p = p.masked_fill(~mask, 0.0)  # padding never raises a neighbour
-    if width > 1:
-        p = F.avg_pool1d(
-            p[:, None], width, 1, padding=width // 2, count_include_pad=False, ceil_mode=False
-        )[:, 0, : mask.shape[1]]
+    p = moving_average(p.masked_fill(~mask, 0.0)[:, None], width)[:, 0]  # padding raises nothing
     return p.masked_fill(~mask, 0.0).amax(1)
 
 
@@ -185,20 +183,15 @@ class WhisperHeadModule(MemberModule):
         with torch.set_grad_enabled(grad), self._autocast():
             return self.model.encode(mel)
 
-    def _prompt(self, transcript: str) -> list[int]:
-        """`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>` for a reference text; the
-        language is the forced one, or the text's script among the configured candidates."""
-        tok = self.tokenizer
-        if not self.multilingual:
-            return [tok.sot, tok.no_timestamps]
-        lang = text_language(transcript, self.languages)
-        return [tok.sot, tok.to_language_token(lang), tok.transcribe, tok.no_timestamps]
-
     def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
         tok = self.tokenizer
         texts = [tok.encode(" " + unicodedata.normalize("NFC", t).strip()) for t in transcripts]
         texts = [t if s.strip() else [] for t, s in zip(texts, transcripts, strict=True)]
-        prompts = [self._prompt(t) for t in transcripts]
+        # the forced language, or each reference's from its script
+        prompts = [
+            prompt_tokens(tok, text_language(t, self.languages), self.multilingual)
+            for t in transcripts
+        ]
         input_ids, labels = text_targets(prompts, texts, tok.eot)
         with self._autocast():
             return self.model.text_loss(hidden, input_ids.to(self.device), labels.to(self.device))
@@ -255,12 +248,12 @@ class WhisperHeadModule(MemberModule):
         self._eval_step(batch, batch_idx, "test")
 
     def _log_cer(self, stage: str) -> dict[str, float]:
-        """CER of the collected transcripts, NFC, with and without spaces; empty references skipped."""
-        pairs = [(r, h) for r, h in self._texts if r.strip()]
+        """CER of the collected transcripts (`cer_metrics`: NFC, with and without spaces)."""
+        refs, hyps = zip(*self._texts, strict=True) if self._texts else ((), ())
         self._texts.clear()
-        if not pairs:
+        cer = cer_metrics(refs, hyps)
+        if not cer["n_cer"]:  # no reference with text
             return {}
-        cer = cer_metrics(*zip(*pairs, strict=True))
         for name in ("cer", "cer_nospace"):
             self.log(f"{stage}/{name}", cer[name])
         return cer

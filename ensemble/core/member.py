@@ -75,6 +75,15 @@ class MemberOutput:
         )
 
 
+def moving_average(x: Tensor, width: int) -> Tensor:
+    """Mean of `width` neighbouring steps along the last axis of `(B, C, T)`; the window shrinks
+    at both ends (no padding counted). `width` 1 returns `x`."""
+    if width <= 1:
+        return x
+    pooled = torch.nn.functional.avg_pool1d(x, width, 1, width // 2, count_include_pad=False)
+    return pooled[..., : x.shape[-1]]
+
+
 def frame_events(
     frame_probs: Tensor, mask: Tensor, taxonomy: Taxonomy, smooth_steps: int = 1, min_steps: int = 1
 ) -> list[list[Event]]:
@@ -86,12 +95,8 @@ def frame_events(
     """
     if frame_probs.ndim != 3 or mask.shape != frame_probs.shape[:2]:
         raise ValueError(f"need (B, T, C) and (B, T), got {frame_probs.shape} and {mask.shape}")
-    p = frame_probs.detach().float()
-    if smooth_steps > 1:  # (B, C, T) moving average, shrinking at both ends
-        p = torch.nn.functional.avg_pool1d(
-            p.transpose(1, 2), smooth_steps, 1, smooth_steps // 2, count_include_pad=False
-        )[..., : mask.shape[1]].transpose(1, 2)
-    ids = p.argmax(-1).masked_fill(~mask.bool(), 0).cpu().numpy()  # (B, T)
+    p = moving_average(frame_probs.detach().float().transpose(1, 2), smooth_steps)  # (B, C, T)
+    ids = p.argmax(1).masked_fill(~mask.bool(), 0).cpu().numpy()  # (B, T)
     out = []
     for row in ids:
         edges = np.flatnonzero(np.diff(row, prepend=-1, append=-1))  # starts of runs, and T
