@@ -68,6 +68,7 @@ class MemberSpec:
     output: str | None = None
     threshold: float | None = None  # None: the member's own vote
     weight: float = 1.0
+    overrides: dict = field(default_factory=dict)  # hparams replaced at load (inference settings)
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
@@ -138,7 +139,8 @@ def _import(class_path: str) -> type:
 class EnsembleModule(pl.LightningModule):
     """Every member of a config; `predict_step` gives their outputs and the vote per window.
 
-    A checkpoint named by several members is loaded once and run once per batch.
+    A checkpoint named by several members (with the same overrides) is loaded once and run once
+    per batch; a module computes only the outputs that members route (`wanted_outputs`).
     """
 
     def __init__(self, config: EnsembleConfig, map_location: str = "cpu"):
@@ -157,14 +159,27 @@ class EnsembleModule(pl.LightningModule):
         modules = {}
         self.routes: list[tuple[MemberSpec, str]] = []
         for spec in config.members:
-            key = (spec.class_path, str(spec.checkpoint))
+            key = (
+                spec.class_path,
+                str(spec.checkpoint),
+                json.dumps(spec.overrides, sort_keys=True),
+            )
             if key not in loaded:
                 cls = _import(spec.class_path)
                 if not (isinstance(cls, type) and issubclass(cls, MemberModule)):
                     raise ValueError(f"{spec.name}: {spec.class_path} is not a MemberModule")
                 loaded[key] = f"m{len(loaded)}"
-                modules[loaded[key]] = cls.from_checkpoint(spec.checkpoint, map_location)
+                try:
+                    modules[loaded[key]] = cls.from_checkpoint(
+                        spec.checkpoint, map_location, **spec.overrides
+                    )
+                except TypeError as e:  # an override the member does not take
+                    raise ValueError(f"{spec.name}: bad overrides {spec.overrides}: {e}") from e
             self.routes.append((spec, loaded[key]))
+        for key, module in modules.items():
+            module.wanted_outputs = frozenset(
+                spec.output or spec.name for spec, k in self.routes if k == key
+            )
         self.members = nn.ModuleDict(modules)
         self.weights = np.array([spec.weight for spec in config.members], dtype=np.float64)
         self.eval()
@@ -389,7 +404,7 @@ class FileRollup(BasePredictionWriter):
             "tie": bool(decision.tie[b]),
             "class": self._class(None if mean_probs is None else mean_probs[b], columns),
         }
-        transcript, events = None, None
+        transcript, events, no_speech = None, None, None
         for name in self.config.names:
             out = prediction[name]
             row[f"p_{name}"] = _round(out.p_emergency[b])
@@ -400,12 +415,15 @@ class FileRollup(BasePredictionWriter):
                 state.class_sums[name] = state.class_sums.get(name, 0) + probs
             if transcript is None and out.transcript is not None:
                 transcript = out.transcript[b]
+            if no_speech is None and out.no_speech_prob is not None:
+                no_speech = _round(out.no_speech_prob[b])
             if events is None and out.events is not None:
                 events = [
                     [_round(meta["start_s"] + s), _round(meta["start_s"] + e), k]
                     for s, e, k in out.events[b]
                 ]
         row["transcript"] = transcript
+        row["no_speech_prob"] = no_speech
         row["events"] = events or []
         if mean_probs is not None:
             p = mean_probs[b]

@@ -197,3 +197,23 @@ def test_real_judge_votes_on_the_call_for_help_only(real, tmp_path):
     p, vote = judgement_tensors(judgements)
     assert vote.tolist() == [True, False, False], [o.text for o in outs]
     assert p[0] >= 0.5 and (p[1:] < 0.5).all()
+
+
+def test_real_ct2_decoding_gives_the_same_transcripts(real, tmp_path):
+    """The CTranslate2 export (fp32) decodes the shared encoder outputs of real speech, silence
+    and noise to transformers' tokens, with its no-speech probability and close log-probs."""
+    from whisper_head.decode import CT2Generator
+
+    name, model, tokenizer = real
+    speech = _espeak(tmp_path, "-v en-us -s 130", PHRASE)
+    noise = 0.05 * np.random.default_rng(0).standard_normal(len(speech))
+    waves = np.stack([speech, np.zeros_like(speech), noise]).astype(np.float32)
+    hidden = model.model.encoder(log_mel(waves)).last_hidden_state.detach()
+    options = DecodingOptions(language="en", max_new_tokens=48)
+    ref = transcribe_encoded(model, hidden, tokenizer, options)
+    generator = CT2Generator(model, "float32", cache_dir=tmp_path / "ct2")
+    fast = transcribe_encoded(model, hidden, tokenizer, options, generator)
+    log.info("%s: transformers %s; CTranslate2 %s", name, ref, fast)
+    assert [t.tokens for t in fast] == [t.tokens for t in ref]
+    assert "help" in fast[0].text.lower()
+    assert fast[0].avg_logprob == pytest.approx(ref[0].avg_logprob, abs=0.2)

@@ -171,6 +171,49 @@ def test_windows_hold_the_vote_of_their_members(demo, ensemble_config, tmp_path)
     files = rows(tmp_path / "out")
     by_file = windows.groupby("path")["emergency"].any()
     assert files["emergency"].to_dict() == by_file.to_dict()
+    # Whisper's no-speech probability comes with every window; the gate leaves those above empty
+    gate = load_config(ensemble_config).members[1].overrides["speech_gate"]
+    assert windows["no_speech_prob"].between(0, 1).all()
+    assert (windows.loc[windows["no_speech_prob"] > gate, "transcript"] == "").all()
+
+
+def test_overrides_reach_the_whisper_module(ensemble_config, tmp_path):
+    import yaml
+
+    raw = yaml.safe_load(ensemble_config.read_text())
+    assert raw["members"][0]["overrides"]["decoder"] == "ct2"  # configs/ensemble.yaml's choice
+    for member in raw["members"][:2]:
+        member["overrides"] = {"speech_gate": 0.25, "decoder": "transformers"}
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(raw))
+    module = EnsembleModule(load_config(tmp_path / "a.yaml"))
+    whisper = module.members["m0"]
+    assert len(module.members) == 3 and whisper.decoding.speech_gate == 0.25
+    assert whisper.hparams.decoder == "transformers" and whisper._ct2() is None
+    assert whisper.wanted_outputs == {"whisper_head", "keyword_judge"}
+    raw["members"][0]["overrides"] = {"speech_gat": 0.25}
+    (tmp_path / "b.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"whisper_head: bad overrides .*speech_gat"):
+        EnsembleModule(load_config(tmp_path / "b.yaml"))
+
+
+def test_whisper_head_alone_does_not_decode(ensemble_config, tmp_path, monkeypatch):
+    import yaml
+
+    import whisper_head.module
+
+    raw = yaml.safe_load(ensemble_config.read_text())
+    raw["members"] = raw["members"][:1]
+    (tmp_path / "alone.yaml").write_text(yaml.safe_dump(raw))
+    module = EnsembleModule(load_config(tmp_path / "alone.yaml"))
+    calls = []
+    monkeypatch.setattr(
+        whisper_head.module, "transcribe_encoded", lambda *a, **k: calls.append(1) or []
+    )
+    wave = np.zeros((2, 16000 * 30), np.float32)
+    import torch
+
+    out = module(torch.from_numpy(wave), torch.tensor([16000 * 30, 16000 * 5]))
+    assert list(out) == ["whisper_head"] and calls == []
 
 
 def test_existing_outputs_are_refused_without_resume(demo, ensemble_config, tmp_path):

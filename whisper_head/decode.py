@@ -10,6 +10,7 @@ openai-whisper: one decoder step on the start-of-transcript token.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +77,17 @@ def language_ids(tokenizer: whisper.tokenizer.Tokenizer, languages: Iterable[str
     return [known[code] for code in languages]
 
 
+def _task_tokens(tokenizer: whisper.tokenizer.Tokenizer) -> set[int]:
+    t = tokenizer
+    return {t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech}
+
+
+def default_suppress_ids(tokenizer: whisper.tokenizer.Tokenizer) -> list[int]:
+    """Tokens never generated: openai-whisper's non-speech symbols and the task/start tokens
+    (the `suppress_ids` of CTranslate2's Whisper configs)."""
+    return sorted(set(tokenizer.non_speech_tokens) | _task_tokens(tokenizer))
+
+
 def generation_config(
     model: WhisperForConditionalGeneration,
     tokenizer: whisper.tokenizer.Tokenizer,
@@ -90,9 +102,7 @@ def generation_config(
     openai-whisper's non-speech tokens and task/start tokens.
     """
     multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
-    specials = {tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev}
-    specials |= {tokenizer.sot_lm, tokenizer.no_speech}
-    suppress = suppress_ids if suppress_ids is not None else set(tokenizer.non_speech_tokens)
+    suppress = default_suppress_ids(tokenizer) if suppress_ids is None else suppress_ids
     config = GenerationConfig(
         decoder_start_token_id=tokenizer.sot,
         eos_token_id=tokenizer.eot,
@@ -100,7 +110,7 @@ def generation_config(
         bos_token_id=tokenizer.eot,
         no_timestamps_token_id=tokenizer.no_timestamps,
         is_multilingual=multilingual,
-        suppress_tokens=sorted(set(suppress) | specials),
+        suppress_tokens=sorted(set(suppress) | _task_tokens(tokenizer)),
         begin_suppress_tokens=[tokenizer.encode(" ")[0], tokenizer.eot],
         return_timestamps=False,
     )
@@ -129,6 +139,7 @@ class DecodingOptions:
     max_new_tokens: int = 128
     without_timestamps: bool = True
     condition_on_prev: bool = False
+    speech_gate: float | None = None  # windows with no_speech_prob above are not decoded
 
     def __post_init__(self):
         if self.language is not None and self.language not in whisper.tokenizer.LANGUAGES:
@@ -148,6 +159,8 @@ class DecodingOptions:
             )
         if self.condition_on_prev is not False:
             raise ValueError(f"condition_on_prev is not supported, got {self.condition_on_prev!r}")
+        if self.speech_gate is not None and not 0 < self.speech_gate <= 1:
+            raise ValueError(f"speech_gate must be in (0, 1] or None, got {self.speech_gate!r}")
 
 
 @dataclass
@@ -156,9 +169,13 @@ class Transcript:
 
     text: str
     tokens: list[int]  # text tokens only, no special tokens
-    avg_logprob: float
+    avg_logprob: float  # NaN when the window was not decoded (its no_speech_prob passed the gate)
     no_speech_prob: float  # P(<|nospeech|>) at the step after the start-of-transcript token
     language: str
+
+    @property
+    def decoded(self) -> bool:
+        return not math.isnan(self.avg_logprob)
 
 
 @torch.no_grad()
@@ -228,29 +245,16 @@ def _quiet_transformers():
         transformers.logging.set_verbosity(level)
 
 
-@torch.no_grad()
-def transcribe_encoded(
+def _generate_transformers(
     model: WhisperForConditionalGeneration,
-    encoder_hidden_states: torch.Tensor,
+    hidden: torch.Tensor,
     tokenizer: whisper.tokenizer.Tokenizer,
-    options: DecodingOptions | None = None,
-) -> list[Transcript]:
-    """Transcribe windows from encoder outputs `(B, 1500, D)` without running the encoder again.
-
-    Set the generation config first (`generation_config`). Greedy decoding runs one batched
-    `generate` call per language; beam search decodes window by window.
-    """
-    options = options or DecodingOptions()
+    langs: list[str],
+    options: DecodingOptions,
+) -> list[tuple[list[int], float]]:
+    """Text tokens and avg_logprob per row by transformers' `generate`: one batched call per
+    language (window by window for beam search), then one teacher-forced pass for the log-probs."""
     multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
-    hidden = encoder_hidden_states
-    first = _first_step(model, hidden, tokenizer)  # (B, V)
-    no_speech = first.softmax(-1)[:, tokenizer.no_speech].tolist()
-    if not multilingual:
-        langs = ["en"] * hidden.shape[0]
-    elif options.language is None:
-        langs = detect_language(first, tokenizer, options.languages)
-    else:
-        langs = [options.language] * hidden.shape[0]
     texts: list[list[int]] = [[] for _ in langs]
     groups = [[i for i, x in enumerate(langs) if x == lang] for lang in sorted(set(langs))]
     if options.beam_size > 1:  # transformers' batched beam path drops rows it thinks finished
@@ -273,10 +277,117 @@ def transcribe_encoded(
             texts[i] = _text_tokens(row, prompt_len, tokenizer.sot, tokenizer.eot)
     prompts = [prompt_tokens(tokenizer, lang, multilingual) for lang in langs]
     logprobs = _avg_logprobs(model, hidden, prompts, texts, tokenizer.eot)
-    return [
-        Transcript(tokenizer.decode(t).strip(), t, lp, ns, lang)
-        for t, lp, ns, lang in zip(texts, logprobs, no_speech, langs, strict=True)
-    ]
+    return list(zip(texts, logprobs, strict=True))
+
+
+class CT2Generator:
+    """Decoding by CTranslate2 from encoder outputs of the PyTorch encoder.
+
+    The backbone is exported once per weights (`export.ct2_cache`); `compute_type` float32 gives
+    the transcripts of transformers' greedy decoding, int8 is faster and may change some words.
+    Prompts go per row, so windows of several languages decode in one batch.
+    """
+
+    def __init__(
+        self,
+        model: WhisperForConditionalGeneration,
+        compute_type: str = "float32",
+        threads: int = 0,
+        cache_dir: str | None = None,
+    ):
+        import ctranslate2
+
+        from whisper_head.export import ct2_cache
+
+        if compute_type not in ("float32", "int8", "int8_float32"):
+            raise ValueError(
+                f"compute_type must be float32, int8 or int8_float32: {compute_type!r}"
+            )
+        quantization = "float32" if compute_type == "float32" else "int8"
+        self.folder = ct2_cache(model, quantization, cache_dir)
+        self.compute_type = compute_type
+        self.model = ctranslate2.models.Whisper(
+            str(self.folder),
+            device="cpu",
+            compute_type=compute_type,
+            intra_threads=threads or torch.get_num_threads(),
+        )
+        self._ctranslate2 = ctranslate2
+
+    @staticmethod
+    def max_length(prompt_len: int, max_new_tokens: int) -> int:
+        """CTranslate2's `max_length` that allows `max_new_tokens` after a prompt: it decodes
+        min(max_length / 2, max_length - prompt_len + 1) tokens (at most 224 in a 448 context)."""
+        return max(2 * max_new_tokens, max_new_tokens + prompt_len - 1)
+
+    def generate(
+        self,
+        hidden: torch.Tensor,
+        prompts: list[list[int]],
+        options: DecodingOptions,
+        eot: int,
+    ) -> list[tuple[list[int], float]]:
+        """Text tokens and avg_logprob per row of encoder outputs `(B, T, D)` and prompts."""
+        features = np.ascontiguousarray(hidden.detach().float().cpu().numpy())
+        results = self.model.generate(
+            self._ctranslate2.StorageView.from_array(features),
+            prompts,
+            beam_size=options.beam_size,
+            max_length=self.max_length(len(prompts[0]), options.max_new_tokens),
+            return_scores=True,
+        )
+        out = []
+        for r in results:
+            tokens = [t for t in r.sequences_ids[0] if t < eot]
+            # the score is the log-prob sum over len(tokens); as faster-whisper, spread it over
+            # the text tokens and the end token like openai-whisper's avg_logprob
+            n = len(r.sequences_ids[0])
+            out.append((tokens, r.scores[0] * n / (n + 1)))
+        return out
+
+
+@torch.no_grad()
+def transcribe_encoded(
+    model: WhisperForConditionalGeneration,
+    encoder_hidden_states: torch.Tensor,
+    tokenizer: whisper.tokenizer.Tokenizer,
+    options: DecodingOptions | None = None,
+    generator: CT2Generator | None = None,
+) -> list[Transcript]:
+    """Transcribe windows from encoder outputs `(B, 1500, D)` without running the encoder again.
+
+    One decoder step on the start token gives the language (among `options.languages`) and the
+    no-speech probability; windows above `options.speech_gate` stop there. The rest are decoded
+    by `generator` (CTranslate2) or else by transformers' `generate` (set the generation config
+    first, `generation_config`).
+    """
+    options = options or DecodingOptions()
+    multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
+    hidden = encoder_hidden_states
+    first = _first_step(model, hidden, tokenizer)  # (B, V)
+    no_speech = first.softmax(-1)[:, tokenizer.no_speech].tolist()
+    if not multilingual:
+        langs = ["en"] * hidden.shape[0]
+    elif options.language is None:
+        langs = detect_language(first, tokenizer, options.languages)
+    else:
+        langs = [options.language] * hidden.shape[0]
+    gate = options.speech_gate
+    rows = [i for i, p in enumerate(no_speech) if gate is None or p <= gate]
+    decoded: dict[int, tuple[list[int], float]] = {}
+    if rows:
+        sub, chosen = hidden[rows], [langs[i] for i in rows]
+        if generator is not None:
+            prompts = [prompt_tokens(tokenizer, lang, multilingual) for lang in chosen]
+            out = generator.generate(sub, prompts, options, tokenizer.eot)
+        else:
+            out = _generate_transformers(model, sub, tokenizer, chosen, options)
+        decoded = dict(zip(rows, out, strict=True))
+    transcripts = []
+    for i, (ns, lang) in enumerate(zip(no_speech, langs, strict=True)):
+        tokens, logprob = decoded.get(i, ([], math.nan))
+        transcripts.append(Transcript(tokenizer.decode(tokens).strip(), tokens, logprob, ns, lang))
+    return transcripts
 
 
 @torch.no_grad()

@@ -43,9 +43,12 @@ class WhisperHeadConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
 
-def tiny_random_whisper(seed: int = 0, vocab_size: int = 51865) -> WhisperForConditionalGeneration:
+def tiny_random_whisper(
+    seed: int = 0, vocab_size: int = 51865, ffn_dim: int = 32
+) -> WhisperForConditionalGeneration:
     """A random Whisper with openai-whisper's vocabulary (51865 multilingual, 51864 English),
-    d_model 16, 1+1 layers; the same weights for the same seed, the global generator untouched."""
+    d_model 16, 1+1 layers (openai-whisper's shape needs `ffn_dim` 64); the same weights for the
+    same seed, the global generator untouched."""
     config = WhisperConfig(
         vocab_size=vocab_size,
         d_model=16,
@@ -53,8 +56,8 @@ def tiny_random_whisper(seed: int = 0, vocab_size: int = 51865) -> WhisperForCon
         decoder_layers=1,
         encoder_attention_heads=2,
         decoder_attention_heads=2,
-        encoder_ffn_dim=32,
-        decoder_ffn_dim=32,
+        encoder_ffn_dim=ffn_dim,
+        decoder_ffn_dim=ffn_dim,
         **special_token_ids(vocab_size),
     )
     with torch.random.fork_rng(devices=[]):

@@ -34,6 +34,7 @@ from ensemble.core.member import (
 from ensemble.core.metrics import cer_metrics, write_test_report
 from whisper_head.decode import (
     MULTILINGUAL_VOCAB,
+    CT2Generator,
     DecodingOptions,
     generation_config,
     log_mel,
@@ -92,6 +93,11 @@ class WhisperHeadModule(MemberModule):
     first `cer_batches` validation batches or of every test batch; the test stage also writes
     `test_metrics.json` and `test_confusion.png`. Prediction events are runs of one class of at
     least `min_event_s` over the smoothed timestep probabilities.
+
+    Inference speed (no effect on training; an ensemble config may set them per run):
+    `decoder` "ct2" decodes with CTranslate2 (`ct2_compute_type`) on CPU, "transformers" with
+    `generate`; `speech_gate` skips decoding windows whose no-speech probability is above it;
+    `cpu_bf16` runs the encoder and head in bfloat16 on CPU (on GPU they always do).
     """
 
     model_class = WhisperHeadModel
@@ -112,6 +118,10 @@ class WhisperHeadModule(MemberModule):
         keywords: str | None = None,
         min_event_s: float = 0.2,
         head_lr: float | None = None,
+        decoder: Literal["transformers", "ct2"] = "transformers",
+        ct2_compute_type: str = "float32",
+        speech_gate: float | None = None,
+        cpu_bf16: bool = False,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -132,7 +142,12 @@ class WhisperHeadModule(MemberModule):
         self.tokenizer = tokenizer_for(backbone, self.languages[0])
         self.multilingual = backbone.config.vocab_size >= MULTILINGUAL_VOCAB
         generation_config(backbone, self.tokenizer, self.languages if self.multilingual else None)
-        self.decoding = DecodingOptions(language, self.languages, max_new_tokens=max_new_tokens)
+        self.decoding = DecodingOptions(
+            language, self.languages, max_new_tokens=max_new_tokens, speech_gate=speech_gate
+        )
+        if decoder not in ("transformers", "ct2"):
+            raise ValueError(f"decoder must be transformers or ct2, got {decoder!r}")
+        self._generator: CT2Generator | None = None
         self.judge = KeywordJudge.from_yaml(keywords)
         stages = ("val", "test")
         self.timestep_acc = torch.nn.ModuleDict(
@@ -174,7 +189,16 @@ class WhisperHeadModule(MemberModule):
 
     def _autocast(self):
         on_gpu = self.device.type == "cuda"
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu)
+        cpu_bf16 = self.hparams.cpu_bf16 and self.device.type == "cpu" and not self.training
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu or cpu_bf16)
+
+    def _ct2(self) -> CT2Generator | None:
+        """The CTranslate2 decoder (exported on first use) when asked for and on CPU."""
+        if self.hparams.decoder != "ct2" or self.device.type != "cpu":
+            return None
+        if self._generator is None:
+            self._generator = CT2Generator(self.model.backbone, self.hparams.ct2_compute_type)
+        return self._generator
 
     def _encode(self, wave: Tensor) -> Encoded:
         """Waveform `(B, N)` -> `Encoded`; the one encoder forward of a batch."""
@@ -236,9 +260,11 @@ class WhisperHeadModule(MemberModule):
             self._texts += [(r, h.text) for r, h in zip(batch["transcript"], hyps, strict=True)]
 
     def _transcribe(self, encoded: Encoded):
+        generator = self._ct2()
+        hidden = encoded.hidden if generator is None else encoded.hidden.float()
         with self._autocast():
             return transcribe_encoded(
-                self.model.backbone, encoded.hidden, self.tokenizer, self.decoding
+                self.model.backbone, hidden, self.tokenizer, self.decoding, generator
             )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -302,10 +328,17 @@ class WhisperHeadModule(MemberModule):
                 frame_probs, mask, self.taxonomy, self.hparams.smooth_steps, min_steps
             ),
         )
+        if self.wanted_outputs is not None and "keyword_judge" not in self.wanted_outputs:
+            return {"whisper_head": head}  # no decoding when no member reads the transcripts
         hyps = self._transcribe(encoded)
         judgements = self.judge.judge_batch(
             [h.text for h in hyps], [h.no_speech_prob for h in hyps], [h.avg_logprob for h in hyps]
         )
         p_text, vote_text = judgement_tensors(judgements, device=p.device)
-        judge = MemberOutput(p_text, vote_text, transcript=[h.text for h in hyps])
+        judge = MemberOutput(
+            p_text,
+            vote_text,
+            transcript=[h.text for h in hyps],
+            no_speech_prob=torch.tensor([h.no_speech_prob for h in hyps], device=p.device),
+        )
         return {"whisper_head": head, "keyword_judge": judge}

@@ -33,7 +33,8 @@ class MemberOutput:
     p_emergency `(B,)` in [0, 1]; vote `(B,)` bool after the member's threshold; class_probs
     `(B, K)` over the K situations (column k is taxonomy id k + 1); frame_probs `(B, T, K + 1)` with
     column 0 = none; transcript B strings; embedding `(B, D)`; events B lists of
-    `(start_s, end_s, class_key)` in seconds from the window's start.
+    `(start_s, end_s, class_key)` in seconds from the window's start; no_speech_prob `(B,)`
+    Whisper's probability that nothing is spoken.
     """
 
     p_emergency: Tensor
@@ -43,6 +44,7 @@ class MemberOutput:
     transcript: list[str] | None = None
     embedding: Tensor | None = None
     events: list[list[Event]] | None = None
+    no_speech_prob: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.p_emergency.ndim != 1:
@@ -52,7 +54,8 @@ class MemberOutput:
             raise ValueError(
                 f"vote must be (B,) bool, got {tuple(self.vote.shape)} {self.vote.dtype}"
             )
-        for name, ndim in (("class_probs", 2), ("frame_probs", 3), ("embedding", 2)):
+        shapes = (("class_probs", 2), ("frame_probs", 3), ("embedding", 2), ("no_speech_prob", 1))
+        for name, ndim in shapes:
             value = getattr(self, name)
             if value is not None and (value.ndim != ndim or value.shape[0] != B):
                 raise ValueError(
@@ -91,7 +94,8 @@ def frame_events(
 
     Probabilities are averaged over `smooth_steps` timesteps first; each timestep takes its most
     probable column; runs of a class (not `none`) of at least `min_steps` timesteps are events
-    `(start_s, end_s, class_key)` in seconds from the window's start.
+    `(start_s, end_s, class_key)` in seconds from the window's start; no_speech_prob `(B,)`
+    Whisper's probability that nothing is spoken.
     """
     if frame_probs.ndim != 3 or mask.shape != frame_probs.shape[:2]:
         raise ValueError(f"need (B, T, C) and (B, T), got {frame_probs.shape} and {mask.shape}")
@@ -130,11 +134,15 @@ class MemberModule(pl.LightningModule):
     """Base of every member: self-rebuilding checkpoints around `self.model`.
 
     Subclasses set `model_class`: an `nn.Module` whose `__init__` takes an instance of its
-    `config_class` (a frozen dataclass) and keeps it as `self.config`. They, call `save_hyperparameters(ignore=["model", ...])` with only
-    plain values left, and implement `predict_step(batch) -> MemberOutput`.
+    `config_class` (a frozen dataclass) and keeps it as `self.config`. They call
+    `save_hyperparameters(ignore=["model", ...])` with only plain values left, and implement `predict_step(batch) -> MemberOutput`.
+
+    A module with several outputs may skip the work of those not in `wanted_outputs` (the
+    ensemble sets it to the outputs its config routes; None: all).
     """
 
     model_class: ClassVar[type[nn.Module]]
+    wanted_outputs: frozenset[str] | None = None
 
     def __init__(self, model: nn.Module):
         super().__init__()
