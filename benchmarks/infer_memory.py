@@ -2,7 +2,7 @@
 
 Builds two WAV files by tiling real clips (default: the demo test split) to `--short-min` and
 `--long-min` minutes, runs `infer` on each in a fresh process, and reports each process's peak
-resident memory (ru_maxrss), wall time and audio seconds per second. Memory must not grow with the
+resident memory (VmHWM), wall time and audio seconds per second. Memory must not grow with the
 length of the input: files are read block by block and windows are streamed.
 
     python benchmarks/infer_memory.py --config runs/demo/ensemble.yaml --out runs/infer_memory
@@ -38,6 +38,15 @@ def build(clips: list[Path], minutes: float, path: Path, sr: int = 16000) -> Pat
     return path
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process in MB: VmHWM (ru_maxrss keeps the parent's peak
+    through fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def child(audio: str, out: str, config: str) -> None:
     """One infer run in this process; prints its figures as JSON on the last line."""
     from ensemble.pipeline import infer
@@ -45,7 +54,7 @@ def child(audio: str, out: str, config: str) -> None:
     t0 = time.perf_counter()
     result = infer(audio, out, config, overwrite=True)
     wall = time.perf_counter() - t0
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    peak_mb = peak_rss_mb()
     workers_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # data loaders
     figures = {
         "audio_s": result.audio_s,

@@ -29,6 +29,7 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 import yaml
+from pytorch_lightning.accelerators import CPUAccelerator
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
@@ -85,7 +86,7 @@ class EnsembleConfig:
     vote: VoteRule = field(default_factory=VoteRule)
     window_s: float = CHUNK_LENGTH
     hop_s: float | None = None  # None: windows do not overlap
-    batch_size: int = 8
+    batch_size: int | None = None  # None: 1 on CPU (measured faster there), 8 on GPU
     num_workers: int = 1  # audio decoding processes beside the model
     device: str = "auto"  # auto | cpu | gpu
     min_duration_s: float = 0.1  # shorter files are an error: too little to judge
@@ -101,7 +102,8 @@ class EnsembleConfig:
             raise ValueError(
                 f"window_s must be {CHUNK_LENGTH} (Whisper's window), got {self.window_s}"
             )
-        if self.batch_size < 1 or self.num_workers < 0 or self.min_duration_s < 0:
+        bad_batch = self.batch_size is not None and self.batch_size < 1
+        if bad_batch or self.num_workers < 0 or self.min_duration_s < 0:
             raise ValueError(f"bad batch_size, num_workers or min_duration_s in {self}")
 
     @property
@@ -632,7 +634,8 @@ def infer(
     stream = WindowStream(todo, config.hop_s, config.min_duration_s)
     loader = DataLoader(
         stream,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size
+        or (1 if isinstance(trainer.accelerator, CPUAccelerator) else 8),
         num_workers=config.num_workers,
         collate_fn=collate_windows,
     )

@@ -52,7 +52,7 @@ def assert_same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
 def test_ensemble_yaml_names_four_members_and_one_whisper_module(ensemble_config):
     config = load_config(ROOT / "configs/ensemble.yaml")
     assert config.names == MEMBERS and config.vote == VoteRule("majority", tie_break="soft")
-    assert (config.window_s, config.hop_s, config.batch_size) == (30.0, None, 8)
+    assert (config.window_s, config.hop_s, config.batch_size) == (30.0, None, None)
     module = EnsembleModule(load_config(ensemble_config))
     assert len(module.members) == 3  # whisper_head and keyword_judge share one module
 
