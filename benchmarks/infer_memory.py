@@ -21,6 +21,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import write_section
+
 
 def build(clips: list[Path], minutes: float, path: Path, sr: int = 16000) -> Path:
     """Tile `clips` (read one at a time) into one 16 kHz PCM file of `minutes` minutes."""
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", type=Path, default=Path("runs/infer_memory"))
     p.add_argument("--short-min", type=float, default=5.0)
     p.add_argument("--long-min", type=float, default=60.0)
+    p.add_argument("--results", type=Path, default=Path(__file__).parent / "RESULTS.md")
     p.add_argument("--child", nargs=3, metavar=("AUDIO", "OUT", "CONFIG"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
@@ -111,6 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
         f"peak memory long/short: {ratio:.3f} for {args.long_min / args.short_min:.0f}x the audio"
     )
     (args.out / "infer_memory.json").write_text(json.dumps(results, indent=2) + "\n")
+    lines = [
+        "## Peak memory against the length of the input\n",
+        f"Written by `python benchmarks/infer_memory.py --config {args.config}`: one file of "
+        "tiled test clips per run, `infer` in a fresh process each.\n",
+        "| file | peak MB (VmHWM) | audio-reading worker MB | wall s | audio s / wall s |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in ("short", "long"):
+        r = results[name]
+        lines.append(
+            f"| {r['minutes']:.0f} min | {r['peak_mb']:.0f} | {r['workers_mb']:.0f} | "
+            f"{r['wall_s']:.0f} | {r['audio_s'] / r['wall_s']:.1f} |"
+        )
+    lines.append(
+        f"\nLong over short: {ratio:.3f} for {args.long_min / args.short_min:.0f}x the audio."
+    )
+    write_section(args.results, "memory", "\n".join(lines))
     return results
 
 
