@@ -195,3 +195,20 @@ def test_checkpoint_round_trip(batch, tmp_path):
         a = module.eval().predict_step(batch)["whisper_head"].frame_probs
         b = loaded.predict_step(batch)["whisper_head"].frame_probs
     assert torch.equal(a, b)
+
+
+def test_ct2_decoder_serves_prediction_only(batch, tmp_path, monkeypatch):
+    """CTranslate2 copies the weights when it exports them: validation and test, whose weights
+    follow training, keep transformers' decoding; prediction decodes with the copy, and the
+    transcripts agree."""
+    monkeypatch.setenv("EMERGENCY_ENSEMBLE_CACHE", str(tmp_path))
+    module = _module(decoder="ct2").eval()
+    reference = _module().eval()
+    with torch.no_grad():
+        encoded = module._encode(batch["wave"])
+        module._transcribe(encoded)
+        assert module._generator is None
+        fast = module.predict_step(batch)["keyword_judge"].transcript
+        slow = reference.predict_step(batch)["keyword_judge"].transcript
+    assert module._generator is not None and (tmp_path / "whisper" / "ct2").is_dir()
+    assert fast == slow

@@ -95,8 +95,8 @@ class WhisperHeadModule(MemberModule):
     least `min_event_s` over the smoothed timestep probabilities.
 
     Inference speed (no effect on training; an ensemble config may set them per run):
-    `decoder` "ct2" decodes with CTranslate2 (`ct2_compute_type`) on CPU, "transformers" with
-    `generate`; `speech_gate` skips decoding windows whose no-speech probability is above it;
+    `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
+    and test keep `generate`, whose weights follow training), "transformers" with `generate`; `speech_gate` skips decoding windows whose no-speech probability is above it;
     `cpu_bf16` runs the encoder and head in bfloat16 on CPU (on GPU they always do).
     """
 
@@ -259,8 +259,10 @@ class WhisperHeadModule(MemberModule):
             hyps = self._transcribe(encoded)
             self._texts += [(r, h.text) for r, h in zip(batch["transcript"], hyps, strict=True)]
 
-    def _transcribe(self, encoded: Encoded):
-        generator = self._ct2()
+    def _transcribe(self, encoded: Encoded, predict: bool = False):
+        # CTranslate2 holds a copy of the weights taken at its export: prediction only, never
+        # validation or test during training, where the weights move
+        generator = self._ct2() if predict else None
         hidden = encoded.hidden if generator is None else encoded.hidden.float()
         with self._autocast():
             return transcribe_encoded(
@@ -330,7 +332,7 @@ class WhisperHeadModule(MemberModule):
         )
         if self.wanted_outputs is not None and "keyword_judge" not in self.wanted_outputs:
             return {"whisper_head": head}  # no decoding when no member reads the transcripts
-        hyps = self._transcribe(encoded)
+        hyps = self._transcribe(encoded, predict=True)
         judgements = self.judge.judge_batch(
             [h.text for h in hyps], [h.no_speech_prob for h in hyps], [h.avg_logprob for h in hyps]
         )
