@@ -94,8 +94,7 @@ def frame_events(
 
     Probabilities are averaged over `smooth_steps` timesteps first; each timestep takes its most
     probable column; runs of a class (not `none`) of at least `min_steps` timesteps are events
-    `(start_s, end_s, class_key)` in seconds from the window's start; no_speech_prob `(B,)`
-    Whisper's probability that nothing is spoken.
+    `(start_s, end_s, class_key)` in seconds from the window's start.
     """
     if frame_probs.ndim != 3 or mask.shape != frame_probs.shape[:2]:
         raise ValueError(f"need (B, T, C) and (B, T), got {frame_probs.shape} and {mask.shape}")
@@ -135,7 +134,8 @@ class MemberModule(pl.LightningModule):
 
     Subclasses set `model_class`: an `nn.Module` whose `__init__` takes an instance of its
     `config_class` (a frozen dataclass) and keeps it as `self.config`. They call
-    `save_hyperparameters(ignore=["model", ...])` with only plain values left, and implement `predict_step(batch) -> MemberOutput`.
+    `save_hyperparameters(ignore=["model", ...])` with only plain values left, and implement
+    `predict_step(batch) -> MemberOutput`.
 
     A module with several outputs may skip the work of those not in `wanted_outputs` (the
     ensemble sets it to the outputs its config routes; None: all).
