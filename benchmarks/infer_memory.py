@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import write_section
+from speed import peak_rss_mb, write_section
 
 
 def build(clips: list[Path], minutes: float, path: Path, sr: int = 16000) -> Path:
@@ -39,15 +39,6 @@ def build(clips: list[Path], minutes: float, path: Path, sr: int = 16000) -> Pat
             written += len(wave)
             i += 1
     return path
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process in MB: VmHWM (ru_maxrss keeps the parent's peak
-    through fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child(audio: str, out: str, config: str) -> None:

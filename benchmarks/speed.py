@@ -95,7 +95,7 @@ def whisper_source(config: str):
 def export_weights(config: str, work: Path) -> dict[str, Path]:
     """The Whisper member's weights as an openai-whisper `.pt` and a CTranslate2 int8 folder."""
     from whisper_head.export import export_ct2, save_openai, weights_digest
-    from whisper_head.weights import BUNDLED_PREFIX, load_whisper
+    from whisper_head.weights import read_bundle
 
     backbone = whisper_source(config)
     digest = weights_digest(backbone)[:16]
@@ -105,8 +105,8 @@ def export_weights(config: str, work: Path) -> dict[str, Path]:
         save_openai(backbone, pt)
     if not (ct2 / "model.bin").is_file():
         # faster-whisper reads tokenizer.json beside the model: the bundled one (same vocabulary)
-        _, info = load_whisper(f"{BUNDLED_PREFIX}base")
-        export_ct2(backbone, ct2, "int8", info.path / "ct2_tokenizer.json")
+        _, assets, _ = read_bundle("base")
+        export_ct2(backbone, ct2, "int8", assets / "tokenizer.json")
     return {"openai": pt, "ct2": ct2}
 
 

@@ -212,3 +212,19 @@ def test_ct2_decoder_serves_prediction_only(batch, tmp_path, monkeypatch):
         slow = reference.predict_step(batch)["keyword_judge"].transcript
     assert module._generator is not None and (tmp_path / "whisper" / "ct2").is_dir()
     assert fast == slow
+
+
+def test_cpu_bf16_runs_the_encoder_in_bfloat16_at_prediction_only(batch):
+    module = _module(cpu_bf16=True)
+    dtypes = []
+    fc1 = module.model.encoder.layers[0].fc1  # its output's dtype is the matmul's
+    fc1.register_forward_hook(lambda *a: dtypes.append(a[2].dtype))
+    with torch.no_grad():
+        module.eval()
+        out = module.predict_step(batch)
+        module.train()
+        module._encode(batch["wave"])
+    assert dtypes == [torch.bfloat16, torch.float32]  # training stays fp32
+    head = out["whisper_head"]
+    assert head.frame_probs.dtype == torch.float32 and head.embedding.dtype == torch.float32
+    assert len(out["keyword_judge"].transcript) == 2

@@ -305,7 +305,6 @@ class CT2Generator:
             )
         quantization = "float32" if compute_type == "float32" else "int8"
         self.folder = ct2_cache(model, quantization, cache_dir)
-        self.compute_type = compute_type
         self.model = ctranslate2.models.Whisper(
             str(self.folder),
             device="cpu",

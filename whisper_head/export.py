@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import whisper.model
-from transformers import WhisperForConditionalGeneration
+from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_head.decode import default_suppress_ids, tokenizer_for
 from whisper_head.weights import _openai_key, default_cache
@@ -103,7 +103,7 @@ def whisper_vocabulary(n_vocab: int) -> list[str]:
     Ordinary tokens in byte-level BPE characters, then the special tokens (`<|endoftext|>`, ...,
     `<|notimestamps|>`, timestamps), as in CTranslate2's and transformers' Whisper vocabularies.
     """
-    encoding = tokenizer_for(_VocabConfig(n_vocab)).encoding
+    encoding = tokenizer_for(WhisperConfig(vocab_size=n_vocab)).encoding
     table = _byte_chars()
     tokens: list[str | None] = [None] * encoding.n_vocab
     for token, rank in encoding._mergeable_ranks.items():
@@ -113,15 +113,6 @@ def whisper_vocabulary(n_vocab: int) -> list[str]:
     if encoding.n_vocab != n_vocab or None in tokens:  # (multilingual id 50256 is "")
         raise ValueError(f"openai-whisper's tokenizer has no vocabulary of {n_vocab} tokens")
     return tokens
-
-
-class _VocabConfig:
-    """Just enough of a model for `tokenizer_for`: its vocabulary size."""
-
-    def __init__(self, n_vocab: int):
-        from transformers import WhisperConfig
-
-        self.config = WhisperConfig(vocab_size=n_vocab)
 
 
 class _Tokens:

@@ -263,10 +263,9 @@ class WhisperHeadModule(MemberModule):
         # CTranslate2 holds a copy of the weights taken at its export: prediction only, never
         # validation or test during training, where the weights move
         generator = self._ct2() if predict else None
-        hidden = encoded.hidden if generator is None else encoded.hidden.float()
         with self._autocast():
             return transcribe_encoded(
-                self.model.backbone, hidden, self.tokenizer, self.decoding, generator
+                self.model.backbone, encoded.hidden, self.tokenizer, self.decoding, generator
             )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
