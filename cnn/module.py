@@ -29,16 +29,19 @@ from ensemble.core.metrics import write_test_report
 log = logging.getLogger(__name__)
 
 
-def event_crops(wave: Tensor, frame_labels: Tensor, mask: Tensor, crop_s: float) -> Tensor:
+def event_crops(
+    wave: Tensor, frame_labels: Tensor, label: Tensor, mask: Tensor, crop_s: float
+) -> Tensor:
     """A `crop_s` piece of each window around a random timestep of its event: `(B, N)` -> `(B, n)`.
 
-    The piece holds a timestep drawn from those labelled with a class (any valid one if none is),
-    at a random place in the piece, and stays inside the audio where the audio is long enough.
-    Draws from torch's global generator.
+    The piece holds a timestep drawn from those labelled with the window's class `label (B,)` (any
+    valid one if none is: timesteps around an event carry the background's class), at a random
+    place in the piece, and stays inside the audio where the audio is long enough. Draws from
+    torch's global generator.
     """
     B, N = wave.shape
     n = min(seconds_to_samples(crop_s), N)
-    event = (frame_labels > 0) & mask
+    event = (frame_labels == label[:, None]) & mask
     pick = torch.where(event.any(dim=1, keepdim=True), event, mask).float() + 1e-9  # (B, T)
     t = torch.multinomial(pick, 1)[:, 0]  # (B,) timestep inside the event
     start = t * SAMPLES_PER_TIMESTEP - torch.randint(0, n, (B,), device=wave.device)
@@ -140,7 +143,9 @@ class CNNModule(MemberModule):
         y = batch["label"] - 1  # (B,)
         wave = batch["wave"]
         if self.hparams.crop_s:
-            wave = event_crops(wave, batch["frame_labels"], batch["mask"], self.hparams.crop_s)
+            wave = event_crops(
+                wave, batch["frame_labels"], batch["label"], batch["mask"], self.hparams.crop_s
+            )
         mel = self.model.mel(wave)  # (B, F, T)
         if self.hparams.spec_augment:
             mel = spec_augment(mel)

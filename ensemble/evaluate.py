@@ -26,8 +26,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, precision_recall_fscore_support
 
 from ensemble.core.audio import seconds_to_timesteps
-from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.manifest import clips, read_manifest
+from ensemble.core.labels import IGNORE_ID, Taxonomy, load_taxonomy
+from ensemble.core.manifest import background_id, clips, read_manifest
 from ensemble.core.metrics import (
     binary_metrics,
     cer_metrics,
@@ -157,14 +157,18 @@ def _class_id(name, taxonomy: Taxonomy, sentinel: int) -> int:
 
 
 def rasterize(
-    segments: list[tuple[float, float, str]], duration_s: float, taxonomy: Taxonomy
+    segments: list[tuple[float, float, str]],
+    duration_s: float,
+    taxonomy: Taxonomy,
+    fill: int = 0,
 ) -> np.ndarray:
-    """Class ids `(T,)` at 0.02 s over [0, duration_s): a segment's id over [start, end), 0 elsewhere.
+    """Class ids `(T,)` at 0.02 s over [0, duration_s): a segment's id over [start, end), `fill`
+    elsewhere (0 = none; a truth's background class, or `IGNORE_ID` where it is unknown).
 
     NaN bounds mean the whole clip; later segments overwrite earlier ones where they overlap.
     """
     T = seconds_to_timesteps(duration_s)
-    out = np.zeros(T, dtype=np.int64)
+    out = np.full(T, fill, dtype=np.int64)
     for start, end, label in segments:
         i = _class_id(label, taxonomy, -1)  # an unknown class is never right
         if start is None or end is None or math.isnan(start) or math.isnan(end):
@@ -238,9 +242,11 @@ def score_one(
             d = m.row.get("duration_s")
             if d is None:
                 continue
-            truth = rasterize(m.clip["segments"], d, taxonomy)
+            truth = rasterize(m.clip["segments"], d, taxonomy, background_id(m.clip, taxonomy))
             pred = rasterize([tuple(e) for e in m.row.get("events") or []], d, taxonomy)
-            right, total = right + int((truth == pred).sum()), total + len(truth)
+            known = truth != IGNORE_ID  # an unknown background is not scored
+            right += int((truth == pred)[known].sum())
+            total += int(known.sum())
         out |= {"timestep_acc": right / total if total else NAN, "n_timesteps": total}
 
     out |= {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}

@@ -89,10 +89,11 @@ def test_event_crops_hold_the_event_and_stay_in_the_audio():
     B, T = 64, 1500
     wave = torch.arange(N_SAMPLES, dtype=torch.float32).repeat(B, 1)  # value = sample index
     labels = torch.zeros(B, T, dtype=torch.long)
+    labels[:, :1200] = 15  # the background's class (indoor) around the event
     labels[:, 900:950] = 8  # an event at 18-19 s
     mask = torch.zeros(B, T, dtype=torch.bool)
     mask[:, :1200] = True  # 24 s of audio
-    crops = event_crops(wave, labels, mask, crop_s=10.0)
+    crops = event_crops(wave, labels, torch.full((B,), 8), mask, crop_s=10.0)
     assert crops.shape == (B, 160000)
     first, last = crops[:, 0], crops[:, -1]
     assert (torch.diff(crops, dim=1) == 1).all()  # contiguous pieces

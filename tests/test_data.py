@@ -9,7 +9,7 @@ import torch
 
 from ensemble.core.audio import N_SAMPLES, N_TIMESTEPS, SAMPLE_RATE, AudioError
 from ensemble.core.data import AudioDataModule, WindowDataset, timestep_labels, valid_samples
-from ensemble.core.labels import load_taxonomy
+from ensemble.core.labels import IGNORE_ID, load_taxonomy
 from ensemble.core.manifest import validate, write_manifest
 
 TAX = load_taxonomy()
@@ -32,8 +32,19 @@ def test_fire_segment_marks_timesteps_500_to_599():
     fire = TAX.id("fire")
     assert labels.shape == mask.shape == (N_TIMESTEPS,)
     assert np.flatnonzero(labels == fire).tolist() == list(range(500, 600))
-    assert (labels[labels != fire] == 0).all()  # none elsewhere
+    outside = np.r_[0:500, 600:1000]
+    assert (labels[outside] == IGNORE_ID).all()  # audio of unknown background: ignored
+    assert (labels[1000:] == 0).all()  # none over the padding only
     assert mask.sum() == 1000 and mask[:1000].all()  # 20 s of audio = 1000 valid timesteps
+
+
+def test_background_fills_the_audio_outside_the_event():
+    indoor = TAX.id("indoor")
+    labels, _ = timestep_labels(
+        [(10.0, 12.0, "fire")], TAX, 0.0, 20 * SAMPLE_RATE, N_SAMPLES, background=indoor
+    )
+    assert (labels[500:600] == TAX.id("fire")).all()
+    assert (labels[np.r_[0:500, 600:1000]] == indoor).all() and (labels[1000:] == 0).all()
 
 
 def test_whole_clip_segment_stops_at_padding():
@@ -52,7 +63,7 @@ def test_segment_in_second_window_is_relative():
     labels, _ = timestep_labels(
         [(40.0, 41.0, "fall")], TAX, window_start_s=30.0, n_valid=N_SAMPLES, n_samples=N_SAMPLES
     )
-    assert np.flatnonzero(labels).tolist() == list(range(500, 550))
+    assert np.flatnonzero(labels == TAX.id("fall")).tolist() == list(range(500, 550))
 
 
 def test_dataset_windows_and_items(tmp_path):
@@ -74,15 +85,17 @@ def test_dataset_windows_and_items(tmp_path):
     ds = WindowDataset(df, TAX)
     assert [(r.clip, r.start) for r in ds.refs] == [(0, 0), (0, 30 * SAMPLE_RATE), (1, 0)]
     second = ds[1]
+    fire, fall = TAX.id("fire"), TAX.id("fall")
     assert second["wave"].shape == (N_SAMPLES,) and second["start_s"] == 30.0
-    assert torch.nonzero(second["frame_labels"]).flatten().tolist() == list(range(500, 600))
-    assert second["mask"].sum() == 750 and second["label"] == TAX.id("fire")
+    assert torch.nonzero(second["frame_labels"] == fire).flatten().tolist() == list(range(500, 600))
+    assert second["mask"].sum() == 750 and second["label"] == fire
     assert (second["wave"][15 * SAMPLE_RATE :] == 0).all()
-    # a window with no event still carries its clip's class
-    assert ds[0]["label"] == TAX.id("fire") and ds[0]["frame_labels"].sum() == 0
+    # a window with no event still carries its clip's class; its audio's background is unknown
+    first = ds[0]["frame_labels"]
+    assert ds[0]["label"] == fire and (first == IGNORE_ID).all()
     # two annotations of one clip mark both segments
     short = ds[2]["frame_labels"]
-    assert torch.nonzero(short).flatten().tolist() == [*range(50, 100), *range(750, 800)]
+    assert torch.nonzero(short == fall).flatten().tolist() == [*range(50, 100), *range(750, 800)]
 
 
 def test_datamodule_batches(tmp_path):

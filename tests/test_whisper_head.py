@@ -70,15 +70,25 @@ def test_shapes(layer_weights):
     assert loss.ndim == 0 and torch.isfinite(loss)
 
 
-def test_clip_class_and_smoothing():
-    probs = torch.zeros(1, 4, 4)
-    probs[0, :, 0] = 1.0  # none everywhere but timestep 2
-    probs[0, 2] = torch.tensor([0.1, 0.2, 0.6, 0.1])
-    mask = torch.tensor([[True, True, True, False]])
-    assert clip_class_probs(probs, mask).argmax(1).tolist() == [1]  # id 2
+def test_clip_class_follows_the_vote_and_smoothing():
+    # columns: none, two emergencies (ids 1, 2), one normal (id 3): a background everywhere
+    # but timestep 2, where emergency 2 is the best class
+    probs = torch.zeros(2, 4, 4)
+    probs[:, :, 3] = 1.0
+    probs[:, 2] = torch.tensor([0.1, 0.2, 0.6, 0.1])
+    mask = torch.tensor([[True, True, True, False]] * 2)
+    vote = torch.tensor([True, False])
+    out = clip_class_probs(probs, mask, (1, 2), vote)
+    assert out.argmax(1).tolist() == [1, 2]  # ids 2 (the event) and 3 (the background)
+    assert out[0].tolist() == pytest.approx([0.25, 0.75, 0.0])  # emergency block only
+    assert out[1].tolist() == pytest.approx([0.0, 0.0, 1.0])
+    quiet = torch.zeros(1, 4, 4)
+    quiet[0, :, 3] = 1.0  # voted emergency without an emergency timestep: every valid one counts
+    quiet[0, :, 1] = 0.1
+    assert clip_class_probs(quiet, mask[:1], (1, 2), vote[:1]).argmax(1).tolist() == [0]
     p = torch.tensor([[0.0, 0.9, 0.0, 1.0]])
-    assert smoothed_max(p, mask, 1).item() == pytest.approx(0.9)
-    assert smoothed_max(p, mask, 3).item() == pytest.approx(0.45)  # (0 + 0.9) / 2 at t=0
+    assert smoothed_max(p, mask[:1], 1).item() == pytest.approx(0.9)
+    assert smoothed_max(p, mask[:1], 3).item() == pytest.approx(0.45)  # (0 + 0.9) / 2 at t=0
 
 
 def test_fast_dev_run_trains_head_not_frozen_encoder(demo_manifest, tmp_path):

@@ -16,11 +16,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
+from ensemble.core.labels import IGNORE_ID
 from whisper_head.ct2 import special_token_ids
 from whisper_head.weights import load_whisper
 
 RANDOM_PREFIX = "random:"
-IGNORE = -100  # target id that cross-entropy skips
+IGNORE = IGNORE_ID  # target id that cross-entropy skips (one value for frames and tokens)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import unicodedata
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -60,15 +61,28 @@ def text_language(text: str, languages: tuple[str, ...]) -> str:
     return languages[0]
 
 
-def clip_class_probs(frame_probs: Tensor, mask: Tensor) -> Tensor:
-    """Frame probabilities `(B, T, K + 1)` and valid timesteps `(B, T)` -> class probs `(B, K)`.
+def clip_class_probs(
+    frame_probs: Tensor, mask: Tensor, emergency_ids: Sequence[int], vote: Tensor
+) -> Tensor:
+    """Frame probabilities `(B, T, K + 1)`, valid timesteps `(B, T)`, the window's vote `(B,)`
+    -> class probabilities `(B, K)` from the same evidence as the vote.
 
-    The mean of the K class columns over event frames (or all valid frames when none), renormalised.
+    Outside its events a timestep carries its background's normal class, so a plain mean over the
+    window would name the room, not the emergency. A window voted emergency: the mean of the
+    emergency columns over timesteps whose best class is an emergency (all valid ones when none
+    is), renormalised over the emergency classes. Otherwise: the mean of the normal columns over
+    valid timesteps, renormalised over the normal classes. The other block is zero.
     """
-    event = (frame_probs.argmax(-1) > 0) & mask  # (B, T)
-    pick = torch.where(event.any(1, keepdim=True), event, mask).to(frame_probs.dtype)
-    summed = (frame_probs[..., 1:] * pick[..., None]).sum(1)  # (B, K)
-    return summed / summed.sum(1, keepdim=True).clamp_min(1e-12)
+    K1 = frame_probs.shape[-1]
+    em = torch.zeros(K1, dtype=torch.bool, device=frame_probs.device)
+    em[list(emergency_ids)] = True
+    em_steps = em[frame_probs.argmax(-1)] & mask  # (B, T)
+    em_pick = torch.where(em_steps.any(1, keepdim=True), em_steps, mask)
+    pick = torch.where(vote[:, None], em_pick, mask).to(frame_probs.dtype)  # (B, T)
+    cols = torch.where(vote[:, None], em[None], ~em[None])  # (B, K + 1)
+    cols[:, 0] = False  # none is never a clip's class
+    summed = (frame_probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
+    return (summed / summed.sum(1, keepdim=True).clamp_min(1e-12))[:, 1:]
 
 
 def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
@@ -245,9 +259,9 @@ class WhisperHeadModule(MemberModule):
         mask, B = batch["mask"], len(batch["label"])
         targets = batch["frame_labels"].masked_fill(~mask, IGNORE)
         self.timestep_acc[stage].update(frame_probs.argmax(-1), targets)
-        class_probs = clip_class_probs(frame_probs, mask)
-        self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         vote = self._p_emergency(frame_probs, mask) > self.hparams.threshold
+        class_probs = clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote)
+        self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
         self.log(f"{stage}/acc", self.clip_acc[stage], batch_size=B)
@@ -316,13 +330,14 @@ class WhisperHeadModule(MemberModule):
         with self._autocast():
             frame_probs = self.model.frame_logits(encoded).float().softmax(-1)  # (B, T, K + 1)
         p = self._p_emergency(frame_probs, mask)
+        vote = p > self.hparams.threshold
         valid = mask[..., None].to(encoded.hidden.dtype)  # (B, T, 1)
         embedding = (encoded.hidden * valid).sum(1) / valid.sum(1).clamp_min(1)  # (B, D)
         min_steps = max(1, seconds_to_timesteps(self.hparams.min_event_s))
         head = MemberOutput(
             p_emergency=p,
-            vote=p > self.hparams.threshold,
-            class_probs=clip_class_probs(frame_probs, mask),
+            vote=vote,
+            class_probs=clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote),
             frame_probs=frame_probs,
             embedding=embedding.float(),
             events=frame_events(

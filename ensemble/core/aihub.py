@@ -125,7 +125,7 @@ def import_aihub(
     for label, data, wav in _pair(_read_labels(jsons, report), audio, report):
         for k, ann in enumerate(data["annotations"]):
             try:
-                rows.append(_row(ann, wav, taxonomy))
+                rows.append(_row(ann, wav, taxonomy, data.get("synthesis")))
             except ValueError as e:  # one bad annotation costs only its own row
                 report.errors.append((str(label.path), f"annotation {k}: {e}"))
     df = validate(pd.DataFrame(rows, columns=list(COLUMNS)), taxonomy, where=str(root))
@@ -321,8 +321,14 @@ def _choose(cands: list[int], audio: list[_File], label: _File) -> int | None:
     return same[0] if len(same) == 1 else None
 
 
-def _row(ann: dict[str, Any], wav: _File, taxonomy: Taxonomy) -> dict[str, Any]:
-    """The manifest row of one annotation; ValueError names the fault."""
+def _row(
+    ann: dict[str, Any], wav: _File, taxonomy: Taxonomy, synthesis: Any = None
+) -> dict[str, Any]:
+    """The manifest row of one annotation; ValueError names the fault.
+
+    `synthesis` is the demo generator's record of the clip (absent from AI Hub's own JSON): it
+    gives the background class, whether the clip is identifiable and what it was made from.
+    """
     categories = ann.get("categories")
     category = categories.get("category_02") if isinstance(categories, dict) else None
     if category is None or not str(category).strip():
@@ -344,6 +350,35 @@ def _row(ann: dict[str, Any], wav: _File, taxonomy: Taxonomy) -> dict[str, Any]:
         "speaker": "" if speaker is None else str(speaker).strip(),
         "split": "",
         "source": wav.source,
+        **_provenance(categories, synthesis, taxonomy),
+    }
+
+
+def _provenance(categories: Any, synthesis: Any, taxonomy: Taxonomy) -> dict[str, str]:
+    """`background`, `identifiable` and `origin` of a row ("" where the label JSON does not say).
+
+    The background is the normal class of what surrounds the event: the generator's recorded
+    background (`synthesis.background.kind`), else `category_03` when it names a normal class.
+    """
+    record = synthesis if isinstance(synthesis, dict) else {}
+    candidates = [(record.get("background") or {}).get("kind")]
+    if isinstance(categories, dict):
+        candidates.append(categories.get("category_03"))
+    background = ""
+    for value in candidates:
+        try:
+            key = taxonomy.key(str(value).strip()) if value else ""
+        except KeyError:
+            continue
+        if key and not taxonomy.is_emergency(key) and key != taxonomy.classes[0].key:
+            background = key
+            break
+    flag = record.get("identifiable")
+    origin = record.get("origin") or []
+    return {
+        "background": background,
+        "identifiable": "" if flag is None else str(bool(flag)).lower(),
+        "origin": ";".join(str(o) for o in origin),
     }
 
 

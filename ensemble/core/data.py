@@ -1,8 +1,14 @@
 """Windows of labelled audio for every member: a Dataset over 30 s windows and a DataModule.
 
-Each item is one window of one clip: waveform `(N,)`, clip label, timestep labels `(T,)` (the class
-inside each annotated segment, `none` elsewhere and over padding), the valid-timestep mask `(T,)`,
-the transcript and where the window came from.
+Each item is one window of one clip: waveform `(N,)`, window label, timestep labels `(T,)`, the
+valid-timestep mask `(T,)`, the transcript and where the window came from.
+
+Timestep labels have one meaning each. Inside an annotated segment: its class. Outside the
+segments: the clip's background, the normal class of what is heard there (the manifest's
+`background`; a normal clip's own class when that is empty) or, when nothing says what it is,
+`IGNORE_ID`, which the losses and accuracies skip. `none` (0) is only for what holds nothing of
+interest: padding (masked out as well). So the same room or appliance sound never carries a class
+in one clip and `none` in another.
 """
 
 from __future__ import annotations
@@ -33,8 +39,8 @@ from ensemble.core.audio import (
     seconds_to_timesteps,
     window_starts,
 )
-from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.manifest import clips, read_manifest
+from ensemble.core.labels import IGNORE_ID, Taxonomy, load_taxonomy
+from ensemble.core.manifest import background_id, clips, read_manifest
 from ensemble.core.splits import assign_splits
 
 log = logging.getLogger(__name__)
@@ -46,15 +52,18 @@ def timestep_labels(
     window_start_s: float,
     n_valid: int,
     n_samples: int,
+    background: int = IGNORE_ID,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Labels `(T,)` int64 and valid mask `(T,)` bool of one window; T = n_samples / (hop * stride).
 
     A segment (start, end, label) in clip seconds marks timesteps round(start*50)..round(end*50)-1
-    relative to the window; NaN bounds mean the whole clip. Padding is `none` and masked out.
+    relative to the window; NaN bounds mean the whole clip. Real audio outside every segment gets
+    `background` (a class id, or `IGNORE_ID`); padding is `none` and masked out.
     """
     n_steps = n_samples // (HOP_LENGTH * ENCODER_STRIDE)
     valid = min(samples_to_timesteps(n_valid), n_steps)
     labels = np.zeros(n_steps, dtype=np.int64)
+    labels[:valid] = background
     for start, end, label in segments:
         whole = math.isnan(start) or math.isnan(end)
         lo = 0 if whole else seconds_to_timesteps(start - window_start_s)
@@ -119,7 +128,12 @@ class WindowDataset(Dataset):
         wave[: len(piece)] = piece
         start_s = ref.start / SAMPLE_RATE
         labels, mask = timestep_labels(
-            clip["segments"], self.taxonomy, start_s, len(piece), self.n_samples
+            clip["segments"],
+            self.taxonomy,
+            start_s,
+            len(piece),
+            self.n_samples,
+            background_id(clip, self.taxonomy),
         )
         return {
             "wave": torch.from_numpy(wave),
@@ -142,14 +156,23 @@ class WindowDataset(Dataset):
                 ref.start / SAMPLE_RATE,
                 ref.n_valid,
                 self.n_samples,
+                background_id(clip, self.taxonomy),
             )
             out[k] = self._window_label(clip, labels)
         return out
 
     def _window_label(self, clip: pd.Series, labels: np.ndarray) -> int:
-        """The class holding most timesteps of the window, or the clip's label if none does."""
-        counts = np.bincount(labels, minlength=self.taxonomy.n_outputs)[1:]
-        return int(counts.argmax()) + 1 if counts.any() else self.taxonomy.id(clip["label"])
+        """The emergency class holding most timesteps of the window when one is there (an event
+        anywhere makes the window an emergency), else the normal class holding most, else the
+        clip's label."""
+        known = labels[labels > 0]
+        counts = np.bincount(known, minlength=self.taxonomy.n_outputs)  # (K + 1,)
+        emergency = np.zeros_like(counts, dtype=bool)
+        emergency[list(self.taxonomy.emergency_ids)] = True
+        for part in (emergency, ~emergency):
+            if (counts * part).any():
+                return int((counts * part).argmax())
+        return self.taxonomy.id(clip["label"])
 
 
 def collate(items: list[dict]) -> dict:

@@ -14,6 +14,7 @@ import yaml
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_LABELS = CONFIG_DIR / "labels.yaml"
 NONE_KEY = "none"
+IGNORE_ID = -100  # a timestep (or token) target that losses and accuracies skip: nothing is known
 
 
 def normalize_name(name: str) -> str:

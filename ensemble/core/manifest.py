@@ -1,9 +1,19 @@
 """The manifest: one row per annotated segment of a clip, as CSV or JSONL, validated with pandas.
 
-Columns: path, label, transcript, event_start, event_end, speaker, split, source. `label` may be a
-class key, an id or a Korean name and is normalised to the key on load; `event_start`/`event_end`
-are seconds (empty = the whole clip). A clip with several annotations has several rows with the
-same path. Relative paths are relative to the manifest's folder.
+Columns: path, label, transcript, event_start, event_end, speaker, split, source, and three that
+only some datasets can fill (empty = unknown):
+
+- `background`: the normal class of what is heard outside the annotated segments (`indoor`,
+  `washer_dryer`, ...). Timestep labels give it to those frames; unknown, they are ignored by the
+  frame loss (see `ensemble.core.data.timestep_labels`).
+- `identifiable`: `true` when the clip carries evidence of its class alone (a line of that class,
+  or an event sound no other class uses), `false` when it does not; the demo generator knows.
+- `origin`: what the clip was made from, `;`-separated (a voice engine, sound packages), so whole
+  sources can be kept out of training (`split --holdout-source`).
+
+`label` may be a class key, an id or a Korean name and is normalised to the key on load;
+`event_start`/`event_end` are seconds (empty = the whole clip). A clip with several annotations has
+several rows with the same path. Relative paths are relative to the manifest's folder.
 """
 
 from __future__ import annotations
@@ -15,12 +25,26 @@ from pathlib import Path
 import pandas as pd
 
 from ensemble.core.audio import audio_duration
-from ensemble.core.labels import Taxonomy, load_taxonomy
+from ensemble.core.labels import IGNORE_ID, Taxonomy, load_taxonomy
 
-COLUMNS = ("path", "label", "transcript", "event_start", "event_end", "speaker", "split", "source")
+COLUMNS = (
+    "path",
+    "label",
+    "transcript",
+    "event_start",
+    "event_end",
+    "speaker",
+    "split",
+    "source",
+    "background",
+    "identifiable",
+    "origin",
+)
 REQUIRED = ("path", "label")
 SPLITS = ("train", "val", "test")
-_TEXT = ("path", "label", "transcript", "speaker", "split", "source")
+HOLDOUT = "holdout"  # clips of held-out sources: never trained or tuned on, scored beside test
+_TEXT = ("path", "label", "transcript", "speaker", "split", "source", "origin")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 
 
 class ManifestError(ValueError):
@@ -51,9 +75,7 @@ def validate(
         if c not in df.columns:
             df[c] = None
     for c in _TEXT:
-        df[c] = df[c].map(
-            lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
-        )
+        df[c] = df[c].map(lambda v: "" if _missing(v) else str(v))
     empty = df.index[df["path"].str.strip() == ""]
     if len(empty):
         raise ManifestError(_fmt(where, empty, "empty path"))
@@ -83,10 +105,54 @@ def validate(
     bad = df.index[(df["event_start"] < 0) | (df["event_end"] <= df["event_start"])]
     if len(bad):
         raise ManifestError(_fmt(where, bad, "segment must satisfy 0 <= event_start < event_end"))
-    bad = df.index[~df["split"].isin(("", *SPLITS))]
+    bad = df.index[~df["split"].isin(("", *SPLITS, HOLDOUT))]
     if len(bad):
-        raise ManifestError(_fmt(where, bad, f"split must be one of {SPLITS} or empty"))
+        raise ManifestError(_fmt(where, bad, f"split must be one of {(*SPLITS, HOLDOUT)} or empty"))
+    df["background"] = _backgrounds(df, taxonomy, where)
+    df["identifiable"] = _flags(df["identifiable"], where)
     return df[list(COLUMNS)].reset_index(drop=True)
+
+
+def _backgrounds(df: pd.DataFrame, taxonomy: Taxonomy, where: str) -> list[str]:
+    """`background` as normal class keys ("" = unknown); any other value names its line."""
+    out = []
+    for i, value in zip(df.index, df["background"], strict=True):
+        text = "" if _missing(value) else str(value).strip()
+        if not text:
+            out.append("")
+            continue
+        try:
+            key = taxonomy.key(text)
+        except KeyError as e:
+            raise ManifestError(_fmt(where, pd.Index([i]), f"background: {e.args[0]}")) from None
+        if taxonomy.is_emergency(key) or key == taxonomy.classes[0].key:
+            raise ManifestError(
+                _fmt(where, pd.Index([i]), f"background {text!r} is not a normal class")
+            )
+        out.append(key)
+    return out
+
+
+def _flags(values: pd.Series, where: str) -> list[str]:
+    """`identifiable` as "true", "false" or "" (unknown)."""
+    out = []
+    for i, value in zip(values.index, values, strict=True):
+        text = "" if _missing(value) else str(value).strip().lower()
+        if text in _TRUE:
+            out.append("true")
+        elif text in _FALSE:
+            out.append("false")
+        elif text == "":
+            out.append("")
+        else:
+            raise ManifestError(
+                _fmt(where, pd.Index([i]), f"identifiable must be true, false or empty: {value!r}")
+            )
+    return out
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def read_manifest(path: str | Path, taxonomy: Taxonomy | None = None) -> pd.DataFrame:
@@ -143,6 +209,19 @@ def clips(df: pd.DataFrame) -> pd.DataFrame:
         include_groups=False,
     )
     return out.reset_index()
+
+
+def background_id(clip: pd.Series, taxonomy: Taxonomy) -> int:
+    """The class id of what surrounds a clip's segments, or `IGNORE_ID` when nothing says.
+
+    The manifest's `background` when set; else a normal clip's own class (its scene is its class);
+    else (an emergency clip of unknown surroundings) `IGNORE_ID`.
+    """
+    if clip.get("background", ""):
+        return taxonomy.id(clip["background"])
+    if not any(taxonomy.is_emergency(label) for _, _, label in clip["segments"]):
+        return taxonomy.id(clip["label"])
+    return IGNORE_ID
 
 
 def summarize(df: pd.DataFrame, taxonomy: Taxonomy | None = None) -> str:

@@ -71,6 +71,41 @@ def binary_metrics(
     }
 
 
+def bootstrap_ci(
+    metric,
+    *arrays: np.ndarray,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """`metric(*arrays)` and its percentile bootstrap interval: (value, low, high).
+
+    Rows `(N, ...)` of all arrays are resampled together with replacement; resamples where the
+    metric is undefined (NaN, or an error such as one class only for an AUC) are skipped. Test sets
+    here are small: an interval says how far a figure can be trusted.
+    """
+    arrays = tuple(np.asarray(a) for a in arrays)
+    n = len(arrays[0])
+    if n == 0 or any(len(a) != n for a in arrays):
+        raise ValueError(f"need equal, non-empty arrays, got lengths {[len(a) for a in arrays]}")
+    value = float(metric(*arrays))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        try:
+            v = float(metric(*(a[idx] for a in arrays)))
+        except ValueError:
+            continue
+        if math.isfinite(v):
+            draws.append(v)
+    if not draws:
+        return value, math.nan, math.nan
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail])
+    return value, float(low), float(high)
+
+
 def cer_metrics(references: Sequence[str | None], hypotheses: Sequence[str | None]) -> dict:
     """Corpus character error rate (jiwer: edits / reference characters) of NFC, stripped texts,
     with spaces (`cer`) and without any whitespace (`cer_nospace`: Korean spacing in ASR output is
