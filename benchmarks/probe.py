@@ -32,12 +32,12 @@ from sklearn.preprocessing import StandardScaler
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import write_section  # noqa: E402
+from speed import write_section
 
-from ensemble.core.audio import N_SAMPLES, SAMPLES_PER_TIMESTEP, load_audio  # noqa: E402
-from ensemble.core.labels import load_taxonomy  # noqa: E402
-from ensemble.core.manifest import clips, read_manifest  # noqa: E402
-from ensemble.core.metrics import bootstrap_ci  # noqa: E402
+from ensemble.core.audio import N_SAMPLES, SAMPLES_PER_TIMESTEP, load_audio
+from ensemble.core.labels import load_taxonomy
+from ensemble.core.manifest import clips, read_manifest
+from ensemble.core.metrics import bootstrap_ci
 
 log = logging.getLogger("probe")
 C_GRID = (0.001, 0.01, 0.1, 1.0)
