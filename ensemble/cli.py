@@ -21,17 +21,42 @@ def _make_demo_data(args: argparse.Namespace) -> None:
     log.info("wrote %d clips to %s in %.1f s", len(truths), args.out, time.perf_counter() - t0)
 
 
+def _split_options(args: argparse.Namespace) -> dict:
+    return {
+        "fractions": tuple(args.fractions),
+        "seed": args.seed,
+        "group_by": () if args.group_by == "none" else tuple(args.group_by.split("+")),
+        "max_group_share": args.max_group_share,
+        "holdout_sources": tuple(args.holdout_source),
+    }
+
+
+def _write_split(df, args: argparse.Namespace, out: Path, taxonomy=None):
+    """Split `df`, write the manifest to `out` and the report beside it; print the report."""
+    from ensemble.core.manifest import write_manifest
+    from ensemble.core.split_report import split_with_report
+
+    result, report = split_with_report(
+        df, compare=not args.no_compare, taxonomy=taxonomy, **_split_options(args)
+    )
+    out = write_manifest(result.df, out, taxonomy)
+    out.with_name(out.stem + ".split.txt").write_text(report + "\n", encoding="utf-8")
+    print(report)
+    return result, out
+
+
 def _import_aihub(args: argparse.Namespace) -> None:
     from ensemble.core.aihub import import_aihub
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import write_manifest
-    from ensemble.core.splits import assign_splits
 
     taxonomy = load_taxonomy(args.labels)
     df, report = import_aihub(args.root, extract_dir=args.extract_dir, taxonomy=taxonomy)
     if args.split:
-        df = assign_splits(df, tuple(args.fractions), args.seed)
-    out = write_manifest(df, args.out, taxonomy)
+        df, out = _write_split(df, args, args.out, taxonomy)
+        df = df.df
+    else:
+        out = write_manifest(df, args.out, taxonomy)
     unpaired = out.with_name(out.stem + ".unpaired.csv")
     report.to_frame().to_csv(unpaired, index=False)
     print(report.summary())
@@ -39,16 +64,11 @@ def _import_aihub(args: argparse.Namespace) -> None:
 
 
 def _split(args: argparse.Namespace) -> None:
-    from ensemble.core.manifest import read_manifest, write_manifest
-    from ensemble.core.splits import assign_splits, leaks
+    from ensemble.core.manifest import read_manifest
 
-    df = assign_splits(read_manifest(args.manifest, None), tuple(args.fractions), args.seed)
-    out = write_manifest(df, args.out or args.manifest)
-    found = leaks(df)
-    print(f"{out}: " + ", ".join(f"{s} {n}" for s, n in df["split"].value_counts().items()))
-    print(
-        f"speakers in two splits: {len(found['speaker'])}; transcripts in two splits: {len(found['transcript'])}"
-    )
+    result, out = _write_split(read_manifest(args.manifest, None), args, args.out or args.manifest)
+    counts = result.df["split"].value_counts()
+    print(f"{out}: " + ", ".join(f"{s} {n} rows" for s, n in counts.items()))
 
 
 def _summary(args: argparse.Namespace) -> None:
@@ -117,15 +137,42 @@ def lightning(argv: list[str] | None, run: bool = True):
     )
 
 
-def _fractions(p: argparse.ArgumentParser) -> None:
+def _fractions(p: argparse.ArgumentParser, holdout_default: str = "none") -> None:
     p.add_argument(
         "--fractions",
         type=float,
         nargs=3,
         default=[0.7, 0.15, 0.15],
         metavar=("TRAIN", "VAL", "TEST"),
+        help="shares of the rows of every class (of those not held out)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument(
+        "--group-by",
+        choices=["speaker+transcript", "speaker", "transcript", "none"],
+        default="speaker+transcript",
+        help="what keeps rows in one split (a clip's rows always stay together); the report shows "
+        "what each choice leaks",
+    )
+    p.add_argument(
+        "--max-group-share",
+        type=float,
+        default=0.5,
+        help="the largest share of a split one group may make up; a group too large for any "
+        "split is broken at its commonest link and reported as a leak",
+    )
+    p.add_argument(
+        "--holdout-source",
+        action="append",
+        default=[],
+        metavar="SOURCE",
+        help="put every clip made of SOURCE (a voice engine or sound package in the manifest's "
+        "origin column, e.g. festival, sonic-pi-samples) in a `holdout` split, never trained on "
+        f"(repeatable; default: {holdout_default})",
+    )
+    p.add_argument(
+        "--no-compare", action="store_true", help="skip the table of what each --group-by leaks"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,10 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "make-demo-data", help="build the synthetic demo dataset in the AI Hub layout"
     )
-    p.add_argument("out", type=Path)
-    p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("out", type=Path, help="folder to write the dataset into")
+    p.add_argument("--per-class", type=int, default=80, help="clips of every class")
+    p.add_argument("--seed", type=int, default=0, help="one seed, the same bytes")
+    p.add_argument("--workers", type=int, default=2, help="processes building the clips")
     p.add_argument(
         "--cache",
         type=Path,
@@ -210,10 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="a LightningCLI override for every member (repeatable): --fit-arg=--trainer.max_steps=2",
     )
-    p.add_argument("--per-class", type=int, default=20)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--cache", type=Path, default=None)
-    _fractions(p)
+    p.add_argument(
+        "--per-class", type=int, default=80, help="demo clips per class (all splits together)"
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes building the clips")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="sound-package cache (default ~/.cache/emergency-ensemble)",
+    )
+    _fractions(p, holdout_default="festival and sonic-pi-samples; `none` holds nothing out")
     p.set_defaults(func=_demo)
 
     for name in LIGHTNING:  # parsed by LightningCLI: listed here for --help only

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
 
 from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import IGNORE_ID, Taxonomy, load_taxonomy
 from ensemble.core.manifest import background_id, clips, read_manifest
 from ensemble.core.metrics import (
     binary_metrics,
+    bootstrap_ci,
     cer_metrics,
     class_confusion,
     class_metrics,
@@ -58,6 +59,7 @@ COLUMNS = (
     "cer",
     "cer_nospace",
 )
+CI_COLUMNS = ("acc19", "acc19_identifiable", "binary_acc", "auc")  # shown with 95 % intervals
 N_LISTED = 10  # unmatched predictions / clips without a prediction named in the report
 NAN = math.nan
 
@@ -199,6 +201,15 @@ def _binary(y: np.ndarray, vote: np.ndarray) -> dict[str, float]:
     }
 
 
+def _accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean(y_true == y_pred))
+
+
+def _interval(metric, *arrays: np.ndarray) -> list[float]:
+    """[low, high] of the bootstrap 95 % interval of `metric(*arrays)`."""
+    return list(bootstrap_ci(metric, *arrays)[1:])
+
+
 def _keys(name: str) -> tuple[str, str, str]:
     """(score, vote, class) field names of a member, or of the ensemble."""
     if name == ENSEMBLE:
@@ -229,11 +240,20 @@ def score_one(
     p_cls = np.array([_class_id(c, taxonomy, sentinel) for c in names])
     has_classes = any(c is not None for c in names)
     out["n_no_class"] = int((p_cls == sentinel).sum())
+    sure = np.array([m.clip.get("identifiable", "") == "true" for m in matched], dtype=bool)
+    out["n_identifiable"] = int(sure.sum())
+    out |= {"acc19": NAN, "macro_f1": NAN, "acc19_identifiable": NAN}
     if has_classes:
         cm = class_metrics(y_cls, p_cls, taxonomy)
         out |= {"acc19": cm["acc"], "macro_f1": cm["macro_f1"]}
-    else:
-        out |= {"acc19": NAN, "macro_f1": NAN}
+        out["acc19_ci"] = _interval(_accuracy, y_cls, p_cls)
+        if sure.any():
+            out["acc19_identifiable"] = float(_accuracy(y_cls[sure], p_cls[sure]))
+            out["acc19_identifiable_ci"] = _interval(_accuracy, y_cls[sure], p_cls[sure])
+    if len(voted):
+        out["binary_acc_ci"] = _interval(_accuracy, y[voted], vote)
+    if scored and y[scored].any() and not y[scored].all():
+        out["auc_ci"] = _interval(roc_auc_score, y[scored], s)
 
     out |= {"timestep_acc": NAN, "n_timesteps": 0}
     if timesteps:
@@ -276,6 +296,25 @@ def report_table(metrics: dict) -> str:
         *(f"| {n} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |" for n, m in rows),
     ]
     return "\n".join(lines)
+
+
+def _with_ci(m: dict, c: str) -> str:
+    ci = m.get(f"{c}_ci")
+    return _fmt(m.get(c)) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
+
+
+def interval_table(metrics: dict) -> str:
+    """Accuracies and AUC with their bootstrap 95 % intervals, one row per model."""
+    rows = [*metrics["members"].items(), (ENSEMBLE, metrics[ENSEMBLE])]
+    n_sure = metrics[ENSEMBLE].get("n_identifiable", 0)
+    names = {"acc19_identifiable": f"acc19 on identifiable ({n_sure})"}
+    return "\n".join(
+        [
+            "| model | " + " | ".join(names.get(c, c) for c in CI_COLUMNS) + " |",
+            "|---|" + "---|" * len(CI_COLUMNS),
+            *(f"| {n} | " + " | ".join(_with_ci(m, c) for c in CI_COLUMNS) + " |" for n, m in rows),
+        ]
+    )
 
 
 def _color(label, taxonomy: Taxonomy) -> str:
@@ -451,6 +490,10 @@ def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
         "",
         report_table(metrics),
         "",
+        "Bootstrap 95 % intervals (files resampled 1000 times):",
+        "",
+        interval_table(metrics),
+        "",
         "Plots: " + (", ".join(metrics["plots"]) or "none"),
     ]
     for key, what in (("unmatched", "Unmatched predictions"), ("missing", "Clips without one")):
@@ -486,6 +529,8 @@ def main(argv: list[str] | None = None) -> dict:
         args.split,
     )
     print(report_table(metrics))
+    print()
+    print(interval_table(metrics))
     print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
     return metrics
 

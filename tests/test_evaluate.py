@@ -193,7 +193,9 @@ def test_output_files(result):
     assert saved["ensemble"]["binary_acc"] == pytest.approx(0.75)
     report = (out / "report.md").read_text(encoding="utf-8")
     table = [line for line in report.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + 5 and table[-1].startswith("| ensemble | 0.500 |")
+    assert len(table) == 2 * (2 + 5)  # the metrics, then accuracies and AUC with intervals
+    assert table[6].startswith("| ensemble | 0.500 |")
+    assert table[-1].startswith("| ensemble | 0.500 [") and "acc19 on identifiable" in table[7]
     assert "| anomaly | – | – |" in report
     assert "4 files evaluated" in report and "1 errors" in report and "elsewhere/zzz.wav" in report
 

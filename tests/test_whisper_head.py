@@ -1,5 +1,6 @@
 """The Whisper member on a tiny random backbone: shapes, training, one encoder pass, checkpoints."""
 
+import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -187,7 +188,8 @@ def test_test_stage_writes_metrics_with_cer_and_timestep_accuracy(demo_manifest,
     trainer = _trainer(tmp_path, limit_test_batches=2)
     trainer.test(module, datamodule=AudioDataModule(demo_manifest, batch_size=2, num_workers=0))
     metrics = json.loads((tmp_path / "log" / "version_0" / "test_metrics.json").read_text())
-    assert metrics["n"] == 4 and 0 <= metrics["timestep_acc"] <= 1
+    n_test = (pd.read_csv(demo_manifest)["split"] == "test").sum()
+    assert metrics["n"] == min(n_test, 4) >= 3 and 0 <= metrics["timestep_acc"] <= 1
     assert {"acc", "macro_f1", "binary_acc", "vote_acc", "auc", "cer", "cer_nospace"} <= set(
         metrics
     )

@@ -10,22 +10,26 @@ from __future__ import annotations
 import json
 import logging
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import yaml
 from tqdm.auto import tqdm
 
 from ensemble.core.audio import SAMPLE_RATE
 from ensemble.core.demo import recipes
 from ensemble.core.demo.scripts import (
     EMERGENCY_LINES,
+    EVERYDAY,
     EVERYDAY_LINES,
     GENERIC_CALLS,
     N_SETS,
+    SESSIONS,
     line_set,
+    session,
 )
 from ensemble.core.demo.sources import SourcePool, load_pool
 from ensemble.core.demo.synth import Voice, active_span, filtered, mix_at_snr, normalize_peak, speak
@@ -33,16 +37,36 @@ from ensemble.core.demo.timeline import Event, render_bed, render_event, render_
 from ensemble.core.labels import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
-SPEAKERS_PER_SET = {"ko": 4, "en": 2}
-VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5")
+SPEAKERS_PER_SESSION = {"ko": 2, "en": 2}  # of each script set
+# English of these script sets is read by festival's ked diphone voice alone, like a recording
+# session of its own: `split --holdout-source festival` keeps it out of training, transcripts too
+FESTIVAL_SETS = frozenset({8, 9})
+# espeak-ng variants that sound like people (its robots, whispers and announcers left out), by
+# the gender espeak-ng gives them
+VARIANTS = {
+    "남성": (
+        "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "adam", "Alex", "Andy", "antonio",
+        "benjamin", "boris", "caleb", "david", "Denis", "Diogo", "ed", "edward", "Gene",
+        "gustave", "Henrique", "Hugo", "iven", "Jacky", "john", "Lee", "marcelo", "Marco", "max",
+        "Michael", "michel", "miguel", "Mike", "pablo", "paul", "pedro", "quincy", "rob",
+        "robert", "zac", "grandpa", "klatt", "klatt2", "klatt3", "norbert", "sandro", "shelby",
+        "travis", "victor",
+    ),
+    "여성": (
+        "f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "aunty", "belinda", "linda",
+        "steph", "steph2", "steph3", "anika", "grandma",
+    ),
+}  # fmt: skip
 LANGUAGES = {"ko": ("ko",), "en": ("en-us", "en-gb")}
 GENERATIONS = ("청년", "중년", "노년")
+CEILING_FILE = "ceiling.yaml"  # beside the clips: what can be learned from them
 
 
 @dataclass(frozen=True)
 class Speaker:
     id: str
     script_set: int
+    session: int  # index into scripts.SESSIONS
     language: str  # "ko" or "en"
     voice: Voice
     gender: str  # 남성 / 여성
@@ -61,29 +85,47 @@ class ClipTruth:
     speaker: str
     audio: str  # path relative to the dataset root
     label_json: str
+    background: str  # the normal class of the bed under the clip
+    identifiable: bool
+    origin: str  # ";"-joined voice engine and sound packages
 
 
 def make_speakers(seed: int) -> list[Speaker]:
-    """Synthetic speakers, each tied to one script set; no two share voice, pitch and speed."""
+    """Synthetic speakers, each recording one session of one script set; no two share a voice."""
     rng = np.random.default_rng([seed, 0x5EA4])
     speakers, used = [], set()
     for s in range(N_SETS):
-        for lang, n in SPEAKERS_PER_SET.items():
-            for _ in range(n):
-                while True:
-                    voice = Voice(
-                        str(rng.choice(LANGUAGES[lang])),
-                        str(rng.choice(VARIANTS)),
-                        int(rng.integers(25, 70)),
-                        int(rng.integers(140, 185)),
-                    )
-                    if voice not in used:
-                        break
-                used.add(voice)
-                gender = "남성" if voice.variant.startswith("m") else "여성"
-                sid = f"spk{len(speakers):03d}"
-                speakers.append(Speaker(sid, s, lang, voice, gender, str(rng.choice(GENERATIONS))))
+        for k in range(len(SESSIONS)):
+            for lang, n in SPEAKERS_PER_SESSION.items():
+                festival = lang == "en" and s in FESTIVAL_SETS
+                for _ in range(n):
+                    while True:
+                        voice, gender = (_ked if festival else _espeak_voice)(lang, rng)
+                        if voice not in used:
+                            break
+                    used.add(voice)
+                    sid = f"spk{len(speakers):03d}"
+                    generation = str(rng.choice(GENERATIONS))
+                    speakers.append(Speaker(sid, s, k, lang, voice, gender, generation))
     return speakers
+
+
+def _espeak_voice(lang: str, rng: np.random.Generator) -> tuple[Voice, str]:
+    gender = str(rng.choice(list(VARIANTS)))
+    voice = Voice(
+        str(rng.choice(LANGUAGES[lang])),
+        str(rng.choice(VARIANTS[gender])),
+        int(rng.integers(25, 70)),
+        int(rng.integers(140, 185)),
+    )
+    return voice, gender
+
+
+def _ked(lang: str, rng: np.random.Generator) -> tuple[Voice, str]:
+    """festival's one English voice made into several speakers: F0, tempo and vocal-tract size."""
+    pitch, formant = int(rng.integers(85, 170)), round(float(rng.uniform(0.92, 1.15)), 2)
+    voice = Voice("en", "ked_diphone", pitch, int(rng.integers(85, 116)), "festival", formant)
+    return voice, "여성" if pitch >= 140 and formant >= 1.08 else "남성"
 
 
 def make_demo_data(
@@ -109,8 +151,32 @@ def make_demo_data(
             truths = list(tqdm(ex.map(build, jobs, chunksize=4), **bar))
     else:
         truths = [build(job) for job in tqdm(jobs, **bar)]
-    (out / "README.md").write_text(_readme(per_class, seed), encoding="utf-8")
+    summary = ceiling_summary(truths, taxonomy)
+    # YAML, not JSON: every .json under the root is read as an AI Hub label by `import-aihub`
+    (out / CEILING_FILE).write_text(yaml.safe_dump(summary, sort_keys=False), encoding="utf-8")
+    (out / "README.md").write_text(_readme(per_class, seed, summary), encoding="utf-8")
     return truths
+
+
+def ceiling_summary(truths: list[ClipTruth], taxonomy: Taxonomy) -> dict:
+    """Per class and overall: clips, the share identifiable, and the best possible 19-class
+    accuracy (`recipes.ceiling`, expected over the recipes' draws)."""
+    best, per_class = recipes.ceiling([c.key for c in taxonomy.classes[1:]])
+    rows = {}
+    for c in taxonomy.classes[1:]:
+        mine = [t for t in truths if t.label == c.key]
+        if mine:
+            rows[c.key] = {
+                "clips": len(mine),
+                "identifiable": round(sum(t.identifiable for t in mine) / len(mine), 4),
+                "best_acc19": round(per_class[c.key], 4),
+            }
+    return {
+        "clips": len(truths),
+        "identifiable": round(sum(t.identifiable for t in truths) / max(len(truths), 1), 4),
+        "best_acc19": round(best, 4),
+        "classes": rows,
+    }
 
 
 def _build_clip(
@@ -128,9 +194,9 @@ def _build_clip(
     if taxonomy[key].emergency:
         event = _emergency_event(key, script_set, speakers, pool, rng)
         duration = max(duration, len(event.wave) / SAMPLE_RATE + 2.0)
-        bed_kind = _choice(rng, recipes.EMERGENCY_BED_MIX)
+        bed_kind = recipes.draw_bed(key, rng)
     else:
-        event, bed_kind = None, recipes.NORMAL_BEDS[key]
+        event, bed_kind = None, recipes.draw_bed(key, rng)
     n = round(duration * SAMPLE_RATE)
     bed, bed_sources = render_bed(bed_kind, n, pool, rng)
     if event is not None:
@@ -146,12 +212,11 @@ def _build_clip(
         "event": event.recipe,
         "snr_db": None if snr is None else round(snr, 2),
     }
+    recipe |= {
+        "identifiable": recipes.identifiable(key, event.recipe),
+        "origin": recipes.origin(bed_sources, event.recipe),
+    }
     return _write_clip(out, taxonomy, key, index, wave, (start, end), event, recipe)
-
-
-def _choice(rng: np.random.Generator, weighted: tuple[tuple[str, float], ...]) -> str:
-    names, p = zip(*weighted, strict=True)
-    return str(rng.choice(names, p=np.asarray(p) / sum(p)))
 
 
 def _emergency_event(
@@ -165,7 +230,7 @@ def _emergency_event(
         text = next(line for i, line in enumerate(lines) if line_set(i) == script_set)
         if rng.random() < recipes.GENERIC_CALL_PROB:
             text += " " + str(rng.choice(GENERIC_CALLS[0 if lang == "ko" else 1]))
-        talk = _talk(text, lang, script_set, speakers, rng, shouted=True)
+        talk = _talk(text, lang, (script_set, session(key)), speakers, rng, shouted=True)
     return render_event(sounds, talk, pool, rng)
 
 
@@ -177,27 +242,31 @@ def _everyday_talk(
     lang = "ko" if rng.random() < recipes.KOREAN_PROB else "en"
     lines = EVERYDAY_LINES[0 if lang == "ko" else 1]
     text = str(rng.choice([line for i, line in enumerate(lines) if line_set(i) == script_set]))
-    return _talk(text, lang, script_set, speakers, rng, shouted=False)
+    return _talk(text, lang, (script_set, session(EVERYDAY)), speakers, rng, shouted=False)
 
 
 def _talk(
     text: str,
     lang: str,
-    script_set: int,
+    where: tuple[int, int],
     speakers: list[Speaker],
     rng: np.random.Generator,
     shouted: bool,
 ) -> dict:
-    """A line spoken by a speaker of the script set: raised pitch and speed when shouted."""
-    candidates = [s for s in speakers if s.script_set == script_set and s.language == lang]
+    """A line spoken by a speaker of `where` (script set, session): raised pitch and speed when
+    shouted."""
+    candidates = [s for s in speakers if (s.script_set, s.session) == where and s.language == lang]
     spk = candidates[int(rng.integers(len(candidates)))]
     v = spk.voice
-    if shouted:
-        v = Voice(
-            v.language,
-            v.variant,
-            min(99, v.pitch + int(rng.integers(15, 31))),
-            v.speed + int(rng.integers(20, 51)),
+    if shouted and v.engine == "festival":  # F0 in Hz, speed in % of the voice's tempo
+        v = replace(
+            v, pitch=v.pitch + int(rng.integers(25, 51)), speed=v.speed + int(rng.integers(15, 36))
+        )
+    elif shouted:
+        v = replace(
+            v,
+            pitch=min(99, v.pitch + int(rng.integers(15, 31))),
+            speed=v.speed + int(rng.integers(20, 51)),
         )
     wave = speak(text, v)
     return {"text": text, "wave": wave, "speaker": spk, "voice": v, "shouted": shouted}
@@ -259,7 +328,17 @@ def _write_clip(
     )
     spk = event.speaker.id if event.speaker else ""
     return ClipTruth(
-        stem, key, segment[0], segment[1], event.transcript, spk, str(audio), str(label)
+        stem,
+        key,
+        segment[0],
+        segment[1],
+        event.transcript,
+        spk,
+        str(audio),
+        str(label),
+        recipe["background"]["kind"],
+        recipe["identifiable"],
+        ";".join(recipe["origin"]),
     )
 
 
@@ -307,7 +386,21 @@ def _quality(snr: float | None) -> str:
     return "보통" if snr >= 5 else "나쁨"
 
 
-def _readme(per_class: int, seed: int) -> str:
+def _ceiling_table(summary: dict) -> str:
+    rows = [
+        f"Best possible 19-class accuracy on these clips: **{summary['best_acc19']:.3f}**; "
+        f"{summary['identifiable']:.1%} of the clips are identifiable (their speech or an event "
+        "sound belongs to their class alone).",
+        "",
+        "| class | clips | identifiable | best possible accuracy |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for key, r in summary["classes"].items():
+        rows.append(f"| {key} | {r['clips']} | {r['identifiable']:.0%} | {r['best_acc19']:.2f} |")
+    return "\n".join(rows)
+
+
+def _readme(per_class: int, seed: int, summary: dict) -> str:
     return f"""# emergency-ensemble demo data
 
 Synthetic clips in the AI Hub layout (`Training/[라벨]N.<class>/*.json`, `Training/[원천]N.<class>_1/*.wav`),
@@ -320,7 +413,16 @@ sonic-pi-samples. No package holds a real washing machine, dryer or vacuum clean
 built from pump, hum, ventilation, generator, printer and mill loops (washer/dryer: slowed, low-passed,
 with a tumbling rhythm; vacuum: pitched up and high-passed). Emergency clips draw their background
 from one mix whatever their class. Each label JSON's `synthesis` field records the seed, the sources,
-the voice and the SNR of its clip.
+the voice and the SNR of its clip, whether the clip is identifiable, and what it is made of.
 
 {recipes.describe()}
+
+## What can be learned
+
+A clip is identifiable when its speech or an event sound belongs to its class alone. A speechless
+clip whose sounds several classes share (a scream, a crash, a thud) cannot be told apart from its
+neighbours by anyone: answered with the class most often behind the same sounds, it is right only
+that often. `{CEILING_FILE}` holds these figures.
+
+{_ceiling_table(summary)}
 """

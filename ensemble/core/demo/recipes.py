@@ -1,8 +1,12 @@
-"""What each demo class is made of: event sounds, speech, backgrounds. Data only."""
+"""What each demo class is made of (event sounds, speech, backgrounds), and what a clip's recipe
+says about it: whether its class can be told from what is heard at all."""
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+
+import numpy as np
 
 # Event sounds of each emergency class: (pool, probability). Related classes share pools
 # (screams in assault, robbery and violence; crashes in collapse, earthquake and typhoon; thuds in
@@ -93,7 +97,7 @@ INCIDENTAL = {
     "outdoor": ("steps_out", "doors"),
     "washer_dryer": ("doors", "steps_in"),
     "vacuum_cleaner": ("steps_in", "doors"),
-    "other_appliance": ("doors", "chimes"),
+    "other_appliance": ("doors", "chimes", "steps_in"),
 }
 NORMAL_SPEECH_PROB = 0.6
 INCIDENTAL_PROB = 0.4
@@ -130,3 +134,95 @@ def describe() -> str:
             f"| calm line, {NORMAL_SPEECH_PROB:.0%} of clips |"
         )
     return "\n".join(rows)
+
+
+def draw_bed(key: str, rng: np.random.Generator) -> str:
+    """The background of a clip of class `key`: a normal class is its background; an emergency
+    draws from `EMERGENCY_BED_MIX` whatever its class, so the bed says nothing of which one."""
+    if key not in EVENT_SOUNDS:
+        return NORMAL_BEDS[key]
+    names, p = zip(*EMERGENCY_BED_MIX, strict=True)
+    return str(rng.choice(names, p=np.asarray(p) / sum(p)))
+
+
+def pool_classes() -> dict[str, frozenset[str]]:
+    """Every sound pool -> the classes whose clips may hold it (as an event or incidentally)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for key, sounds in EVENT_SOUNDS.items():
+        for pool, _ in sounds:
+            out[pool].add(key)
+    for key, bed in NORMAL_BEDS.items():
+        for pool in INCIDENTAL[bed]:
+            out[pool].add(key)
+    return {pool: frozenset(keys) for pool, keys in out.items()}
+
+
+def identifiable(key: str, event: dict) -> bool:
+    """Whether a clip of class `key` holds evidence of that class alone, from its event recipe
+    (`{"sounds": [{"pool": ...}], "speech": {...} | None}`).
+
+    An emergency: a line of its class (every line belongs to one class), or an event sound from a
+    pool no other class uses. A normal clip (its background is its class, and no emergency is
+    without an event): everyday talk, or no sound that an emergency also makes (a door or steps
+    alone could be a theft).
+    """
+    owners = pool_classes()
+    pools = [s["pool"] for s in event["sounds"]]
+    if key in EVENT_SOUNDS:
+        return event["speech"] is not None or any(owners[p] == {key} for p in pools)
+    return event["speech"] is not None or not any(owners[p] & EVENT_SOUNDS.keys() for p in pools)
+
+
+def origin(bed_sources: list[str], event: dict) -> list[str]:
+    """What a clip is made of: its voice engine (if anyone speaks) and the Debian packages of its
+    sounds (source ids are `<package>/<path>`), sorted."""
+    parts = {src.split("/", 1)[0] for src in bed_sources}
+    parts |= {s["source"].split("/", 1)[0] for s in event["sounds"]}
+    if event["speech"] is not None:
+        parts.add(event["speech"]["voice"].get("engine", "espeak-ng"))
+    return sorted(parts)
+
+
+def evidence_given_class(key: str) -> dict[tuple, float]:
+    """P(what a listener can know | class `key`), from the recipes: `(bed, pools, speech)` tuples.
+
+    A class line names its class (speech `line:<key>`); everyday talk over a bed names the normal
+    class of that bed. Otherwise a listener has the bed and the set of sound pools heard. Every
+    emergency has an event: with no sound drawn, its line is always spoken.
+    """
+    out: dict[tuple, float] = defaultdict(float)
+    if key in EVENT_SOUNDS:
+        speech = SPEECH_PROB.get(key, DEFAULT_SPEECH_PROB)
+        sounds = EVENT_SOUNDS[key]
+        for bits in range(1 << len(sounds)):
+            p_set, pools = 1.0, []
+            for i, (pool, p) in enumerate(sounds):
+                on = bool(bits >> i & 1)
+                p_set *= p if on else 1 - p
+                pools += [pool] if on else []
+            if not pools:
+                out[("", (), f"line:{key}")] += p_set
+                continue
+            out[("", (), f"line:{key}")] += p_set * speech
+            for bed, p_bed in EMERGENCY_BED_MIX:
+                out[(bed, tuple(sorted(pools)), "")] += p_set * (1 - speech) * p_bed
+    else:
+        bed = NORMAL_BEDS[key]
+        out[(bed, (), "talk")] += NORMAL_SPEECH_PROB
+        quiet = 1 - NORMAL_SPEECH_PROB
+        out[(bed, (), "")] += quiet * (1 - INCIDENTAL_PROB)
+        for pool in INCIDENTAL[bed]:
+            out[(bed, (pool,), "")] += quiet * INCIDENTAL_PROB / len(INCIDENTAL[bed])
+    return dict(out)
+
+
+def ceiling(keys: list[str]) -> tuple[float, dict[str, float]]:
+    """The best expected 19-class accuracy any model can reach on demo clips of `keys` (equally
+    many of each), overall and per class: every evidence answered with the class most likely
+    behind it. Clips with the same evidence but another class cannot all be right."""
+    given = {k: evidence_given_class(k) for k in keys}
+    best: dict[tuple, str] = {}
+    for ev in {e for dist in given.values() for e in dist}:
+        best[ev] = max(keys, key=lambda k: given[k].get(ev, 0.0))
+    per_class = {k: sum(p for ev, p in given[k].items() if best[ev] == k) for k in keys}
+    return sum(per_class.values()) / len(keys), per_class

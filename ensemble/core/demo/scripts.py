@@ -1,14 +1,23 @@
 """What the demo's synthetic speakers say.
 
-Lines are grouped into `N_SETS` script sets, like the scripted recording sessions of the AI Hub
-data: every line and every speaker belongs to one set, so a leak-free split (by speaker and by
-transcript) can still put every class in every split. The i-th line of a list goes to set
-i % N_SETS; each emergency class has N_SETS lines in each language, one per set.
+Lines are grouped into `N_SETS` script sets, and classes into `SESSIONS`, like the scripted
+recording sessions of the AI Hub data: a speaker records one session of one set, and every line
+belongs to one set, so the clips joined by a speaker or a transcript stay small groups (a set, a
+session, a language) and a leak-free split (by speaker and by transcript) can still put every
+class in every split, with many voices in each. The i-th line of a list goes to set i % N_SETS;
+each emergency class has N_SETS lines in each language, one per set.
 """
 
 from __future__ import annotations
 
-N_SETS = 5
+N_SETS = 10
+EVERYDAY = "everyday"  # the session of calm talk in normal clips
+SESSIONS = (
+    ("sexual_assault", "robbery", "theft", "violence"),
+    ("trapped", "electrical_accident", "gas_accident", "fire"),
+    ("medical_emergency", "typhoon", "earthquake", "fall", "collapse", "help_request"),
+    (EVERYDAY,),
+)
 
 # Shouted lines per emergency class: (Korean, English).
 EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
@@ -19,6 +28,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "싫어요, 저리 가세요!",
             "이상한 사람이 따라와요!",
             "놔주세요, 소리 지를 거예요!",
+            "손 치워요, 만지지 마!",
+            "누가 자꾸 따라와요, 무서워요!",
+            "변태야, 저리 가!",
+            "성추행이에요, 경찰 불러 주세요!",
+            "놔 줘요, 싫다고 했잖아요!",
         ),
         (
             "Don't touch me!",
@@ -26,6 +40,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Stop it, leave me alone!",
             "Let go of me!",
             "Someone is following me!",
+            "Let go, get away from me!",
+            "This man keeps following me!",
+            "Don't touch me, I'll scream!",
+            "Leave me alone, you pervert!",
+            "Let go of me right now!",
         ),
     ),
     "robbery": (
@@ -35,6 +54,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "돈 없어요, 제발 해치지 마세요!",
             "칼 내려놓으세요!",
             "내 지갑 돌려줘요!",
+            "강도가 들었어요!",
+            "돈 다 드릴게요, 해치지 마세요!",
+            "칼을 들고 있어요!",
+            "가방 놓으라고요, 강도야!",
+            "지갑 돌려주세요, 강도예요!",
         ),
         (
             "Give me back my bag!",
@@ -42,6 +66,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Robbery! Stop him!",
             "Take the money, don't hurt me!",
             "Put the knife down!",
+            "I've been robbed!",
+            "He's got a gun!",
+            "Someone just mugged me!",
+            "Give me back my purse!",
+            "Please don't hurt me, take it all!",
         ),
     ),
     "theft": (
@@ -51,6 +80,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "누가 내 지갑 가져갔어요!",
             "창문으로 누가 들어왔어요!",
             "내 휴대폰 훔쳐 갔어요!",
+            "소매치기야!",
+            "누가 가방을 훔쳐 갔어요!",
+            "집에 도둑이 들었어요!",
+            "자전거 도둑맞았어요!",
+            "차 안에 있던 걸 누가 가져갔어요!",
         ),
         (
             "Thief! Stop that man!",
@@ -58,6 +92,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "There's a burglar in the house!",
             "He took my wallet!",
             "Somebody broke in!",
+            "Stop, thief!",
+            "My bag has been stolen!",
+            "Someone broke in through the window!",
+            "A pickpocket took my purse!",
+            "They stole my bike!",
         ),
     ),
     "violence": (
@@ -67,6 +106,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "아파요, 그만하세요!",
             "사람 살려, 맞고 있어요!",
             "밀지 마세요!",
+            "때리지 마, 제발!",
+            "남편이 자꾸 때려요!",
+            "싸움 났어요, 사람이 맞고 있어요!",
+            "그만 때려요, 피 나요!",
+            "폭행당하고 있어요!",
         ),
         (
             "Stop hitting me!",
@@ -74,6 +118,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Don't hit her!",
             "He's beating me!",
             "Stop pushing me!",
+            "He hit me again!",
+            "Stop it, he's beating me up!",
+            "Somebody is attacking me!",
+            "Don't hit me, please!",
+            "He keeps hitting me!",
         ),
     ),
     "trapped": (
@@ -83,6 +132,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "엘리베이터에 갇혔어요!",
             "문 좀 열어주세요!",
             "화장실 문이 잠겼어요!",
+            "방에 갇혀서 못 나가요!",
+            "문이 잠겼어요, 열어 주세요!",
+            "창고에 갇혔어요!",
+            "엘리베이터가 멈췄어요, 꺼내 주세요!",
+            "밖에서 문이 안 열려요!",
         ),
         (
             "I'm stuck in here, open the door!",
@@ -90,6 +144,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "I'm trapped in the elevator!",
             "Let me out!",
             "I'm locked in!",
+            "I can't get out of here!",
+            "We're stuck in the lift!",
+            "I'm locked in the basement!",
+            "Get me out, I'm trapped!",
+            "I'm stuck in the elevator!",
         ),
     ),
     "electrical_accident": (
@@ -99,6 +158,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "콘센트에서 불꽃이 나요!",
             "전선이 타고 있어요!",
             "두꺼비집 내려요!",
+            "전기에 감전됐어요!",
+            "누전이에요, 전기 꺼요!",
+            "합선돼서 스파크가 튀어요!",
+            "멀티탭에서 불꽃이 튀어요!",
+            "감전이에요, 손을 못 떼요!",
         ),
         (
             "I got an electric shock!",
@@ -106,6 +170,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "The wire is burning!",
             "Turn off the power!",
             "He touched the live wire!",
+            "He's being electrocuted!",
+            "Sparks are flying from the socket!",
+            "There's a short circuit!",
+            "Don't touch him, electric shock!",
+            "The cable is sparking!",
         ),
     ),
     "gas_accident": (
@@ -115,6 +184,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "가스 밸브 잠가!",
             "가스 폭발했어요!",
             "머리가 어지러워요, 가스 같아요!",
+            "부엌에서 가스 냄새가 심해요!",
+            "가스 누출이에요, 다 나가요!",
+            "보일러 가스가 새는 것 같아요!",
+            "가스 밸브 빨리 잠가요!",
+            "가스가 폭발할 것 같아요!",
         ),
         (
             "I smell gas!",
@@ -122,6 +196,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Shut off the gas valve!",
             "The gas exploded!",
             "Open the windows, it's gas!",
+            "Something exploded in the kitchen!",
+            "It smells of gas in here!",
+            "Gas leak, don't light anything!",
+            "There was an explosion downstairs!",
+            "Turn off the gas, quick!",
         ),
     ),
     "fire": (
@@ -131,6 +210,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "연기가 나요, 빨리 나가요!",
             "부엌에 불이 붙었어요!",
             "불 꺼! 불 꺼!",
+            "집에 불이 났어요!",
+            "화재가 났어요, 대피하세요!",
+            "연기가 꽉 찼어요!",
+            "커튼에 불이 붙었어요!",
+            "불길이 번지고 있어요!",
         ),
         (
             "Fire! Everybody get out!",
@@ -138,6 +222,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "There's smoke everywhere!",
             "Call the fire department!",
             "The house is burning!",
+            "Fire, fire, get out now!",
+            "The curtains are burning!",
+            "I can see flames upstairs!",
+            "Smoke is coming from the kitchen!",
+            "The building is on fire!",
         ),
     ),
     "medical_emergency": (
@@ -147,6 +236,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "사람이 쓰러졌어요!",
             "구급차 불러주세요!",
             "정신 차려요, 눈 떠 봐요!",
+            "할머니가 쓰러졌어요!",
+            "숨을 안 쉬어요, 구급차요!",
+            "의식이 없어요!",
+            "심장이 멈춘 것 같아요!",
+            "피가 많이 나요, 구급차 불러요!",
         ),
         (
             "Somebody call an ambulance!",
@@ -154,6 +248,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "My chest hurts so much!",
             "She collapsed, call a doctor!",
             "Wake up, can you hear me?",
+            "I think he's having a heart attack!",
+            "She's unconscious!",
+            "I can't breathe!",
+            "He's bleeding badly!",
+            "Grandpa fainted, get an ambulance!",
         ),
     ),
     "typhoon": (
@@ -163,6 +262,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "지붕이 날아가요!",
             "간판이 떨어져요, 피해요!",
             "나무가 쓰러졌어요!",
+            "태풍이 와요, 밖에 나가지 마세요!",
+            "강풍에 간판이 날아가요!",
+            "유리가 깨졌어요, 바람이 들어와요!",
+            "바람이 너무 세서 서 있을 수가 없어요!",
+            "베란다 창문이 깨졌어요!",
         ),
         (
             "The wind broke the window!",
@@ -170,6 +274,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Get away from the windows!",
             "A tree fell on the house!",
             "The storm is too strong!",
+            "The typhoon is getting worse!",
+            "The storm blew the door open!",
+            "A hurricane is coming!",
+            "The wind smashed the glass!",
+            "Stay away from the windows, the storm!",
         ),
     ),
     "earthquake": (
@@ -179,6 +288,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "건물이 흔들려요!",
             "밖으로 나가요, 지진이에요!",
             "머리 보호하세요!",
+            "지진 났어요!",
+            "집이 흔들려요, 빨리 피해요!",
+            "식탁 밑으로 들어가요, 지진이에요!",
+            "선반이 흔들리고 있어요!",
+            "또 흔들려요, 여진이에요!",
         ),
         (
             "Earthquake! Get under the table!",
@@ -186,6 +300,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "It's an earthquake, get out!",
             "Cover your head!",
             "The ground is moving!",
+            "The house is shaking!",
+            "Earthquake, stay away from the shelves!",
+            "Get under the desk, it's shaking!",
+            "Another earthquake!",
+            "Everything is shaking, cover your head!",
         ),
     ),
     "fall": (
@@ -195,6 +314,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "계단에서 떨어졌어요!",
             "다리를 못 움직이겠어요!",
             "미끄러져서 허리를 다쳤어요!",
+            "욕실에서 넘어졌어요!",
+            "할머니가 넘어져서 못 일어나요!",
+            "침대에서 떨어졌어요, 못 일어나요!",
+            "미끄러져서 다리를 다쳤어요!",
+            "넘어져서 머리를 다쳤어요!",
         ),
         (
             "I fell and I can't get up!",
@@ -202,6 +326,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "I fell down the stairs!",
             "I can't move my leg!",
             "I hurt my back, I can't stand!",
+            "Grandma fell down!",
+            "I slipped on the ice!",
+            "I fell out of bed, I can't get up!",
+            "I tripped and hurt my hip!",
+            "I've fallen and I can't move!",
         ),
     ),
     "collapse": (
@@ -211,6 +340,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "깔렸어요, 꺼내주세요!",
             "벽이 무너졌어요!",
             "다리가 끼었어요!",
+            "지붕이 무너졌어요!",
+            "사람이 깔렸어요!",
+            "담이 무너졌어요, 피해요!",
+            "건물 붕괴예요!",
+            "잔해에 다리가 끼었어요!",
         ),
         (
             "The ceiling collapsed!",
@@ -218,6 +352,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "The wall came down!",
             "The building is falling!",
             "My leg is stuck under the beam!",
+            "The roof collapsed!",
+            "Someone is buried under the rubble!",
+            "The floor collapsed!",
+            "The whole wall came down on him!",
+            "The balcony collapsed!",
         ),
     ),
     "help_request": (
@@ -227,6 +366,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "여기 사람 있어요, 도와주세요!",
             "누구 없어요? 도와주세요!",
             "제발 도와주세요!",
+            "사람 살려!",
+            "누가 좀 도와주세요!",
+            "여기요, 살려 주세요!",
+            "구해 주세요!",
+            "도와줘요, 제발!",
         ),
         (
             "Help!",
@@ -234,6 +378,11 @@ EMERGENCY_LINES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "Somebody help me!",
             "Is anyone there? Help!",
             "Please, I need help!",
+            "Help, somebody!",
+            "Can anyone hear me? Help!",
+            "Please help me!",
+            "I need help, please!",
+            "Someone, help!",
         ),
     ),
 }
@@ -262,6 +411,21 @@ EVERYDAY_LINES: tuple[tuple[str, ...], tuple[str, ...]] = (
         "버스 정류장이 어디예요?",
         "공원에 산책 가요.",
         "라디오 소리 좀 줄여 주세요.",
+        "오늘 저녁에 뭐 먹을까요?",
+        "설거지는 제가 할게요.",
+        "택배가 왔나 봐요.",
+        "약 드실 시간이에요.",
+        "비가 올 것 같아요, 우산 챙기세요.",
+        "이번 주말에 등산 갈래요?",
+        "청소기 좀 돌려야겠어요.",
+        "세탁기 다 돌았나 봐요.",
+        "뉴스 좀 보자.",
+        "김치찌개 맛있네요.",
+        "아침에 운동 다녀왔어요.",
+        "다음 달에 여행 가요.",
+        "전화 왔어요, 받아 보세요.",
+        "화분에 물 줬어요?",
+        "오늘은 일찍 자야겠어요.",
     ),
     (
         "The weather is lovely today.",
@@ -274,6 +438,16 @@ EVERYDAY_LINES: tuple[tuple[str, ...], tuple[str, ...]] = (
         "I'm going for a walk in the park.",
         "Did you water the plants?",
         "This show is really good.",
+        "I'll do the dishes tonight.",
+        "The package arrived this morning.",
+        "It's time for your medicine.",
+        "Take an umbrella, it might rain.",
+        "Let's watch a movie tonight.",
+        "The laundry is done.",
+        "I went jogging this morning.",
+        "We're visiting grandma on Sunday.",
+        "Can you pass the salt?",
+        "I'm going to bed early tonight.",
     ),
 )
 
@@ -281,3 +455,8 @@ EVERYDAY_LINES: tuple[tuple[str, ...], tuple[str, ...]] = (
 def line_set(index: int) -> int:
     """The script set of the `index`-th line of a list."""
     return index % N_SETS
+
+
+def session(key: str) -> int:
+    """The recording session of an emergency class's lines, or of `EVERYDAY` talk."""
+    return next(i for i, keys in enumerate(SESSIONS) if key in keys)

@@ -31,7 +31,7 @@ PACKAGES = {
     "sonic-pi-samples": "usr/share/sonic-pi/samples",
 }
 MAX_SOURCE_S = 90.0  # longer loops are cut: a clip is at most 30 s
-POOL_VERSION = "v1"
+POOL_VERSION = "v2"
 
 # Pools of sounds: name -> (package, glob) patterns. Paths are inside PACKAGES' folders.
 POOLS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -41,8 +41,6 @@ POOLS: dict[str, tuple[tuple[str, str], ...]] = {
         ("ufoai-sound", "sound/ambience/radiomessage.ogg"),
         ("ufoai-sound", "sound/ambience/water0[1-3].ogg"),
         ("ufoai-sound", "sound/ambience/tv_static.ogg"),
-        ("sonic-pi-samples", "vinyl_hiss.flac"),
-        ("sonic-pi-samples", "ambi_sauna.flac"),
         ("lincity-ng-data", "ResidentialLow*.wav"),
     ),
     "bed_outdoor": (
@@ -142,6 +140,7 @@ POOLS: dict[str, tuple[tuple[str, str], ...]] = {
         ("lugaru-data", "Thud.ogg"),
         ("lugaru-data", "MetalHit.ogg"),
         ("lugaru-data", "Clank*.ogg"),
+        ("ufoai-sound", "sound/doors/door[1-3]-close.ogg"),  # a door banged on or slammed
         ("sonic-pi-samples", "perc_door.flac"),
     ),
     "electric": (
@@ -164,10 +163,7 @@ POOLS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "alarm": (("ufoai-sound", "sound/geoscape/basealert.ogg"), ("lugaru-data", "Alarm.ogg")),
     "wind": (("ufoai-sound", "sound/ambience/arcticwind.ogg"), ("lugaru-data", "Wind.ogg")),
-    "rumble": (
-        ("ufoai-sound", "sound/ambience/thunder*.ogg"),
-        ("sonic-pi-samples", "misc_cineboom.flac"),
-    ),
+    "rumble": (("ufoai-sound", "sound/ambience/thunder*.ogg"),),
 }
 
 

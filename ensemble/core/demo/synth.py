@@ -9,7 +9,9 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -21,18 +23,38 @@ from ensemble.core.audio import SAMPLE_RATE, to_mono_16k
 FADE_S = 0.05  # crossfade between loop repeats
 
 
+ENGINES = ("espeak-ng", "festival")
+
+
 @dataclass(frozen=True)
 class Voice:
-    """An espeak-ng voice: language (`ko`, `en-us`, ...), variant (`m3`, `f2`, ...), pitch 0-99, wpm."""
+    """A synthetic voice.
+
+    espeak-ng: `language` (`ko`, `en-us`, ...), `variant` (`m3`, `aunty`, ...), `pitch` 0-99 and
+    `speed` in words per minute. festival (`ked_diphone`, English): `pitch` is the mean F0 in Hz,
+    `speed` 100 = the voice's own tempo. `formant` > 1 plays the result faster and higher (a
+    smaller vocal tract; the F0 and tempo asked for are kept): several speakers from one voice.
+    """
 
     language: str
     variant: str
     pitch: int
     speed: int
+    engine: str = "espeak-ng"
+    formant: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
 
 
 def speak(text: str, voice: Voice) -> np.ndarray:
-    """`text` spoken by espeak-ng, as `(N,)` 16 kHz audio with leading and trailing silence trimmed."""
+    """`text` spoken by `voice`, as `(N,)` 16 kHz audio with leading and trailing silence trimmed."""
+    wave = _festival(text, voice) if voice.engine == "festival" else _espeak(text, voice)
+    return trim(repitch(wave, voice.formant))
+
+
+def _espeak(text: str, voice: Voice) -> np.ndarray:
     if shutil.which("espeak-ng") is None:
         raise RuntimeError("espeak-ng is needed for the demo's speech: apt-get install espeak-ng")
     cmd = [
@@ -42,13 +64,46 @@ def speak(text: str, voice: Voice) -> np.ndarray:
         "-p",
         str(voice.pitch),
         "-s",
-        str(voice.speed),
+        str(round(voice.speed / voice.formant)),
         "--stdout",
         text,
     ]
     wav = subprocess.run(cmd, capture_output=True, check=True).stdout
     wave, sr = sf.read(io.BytesIO(wav), dtype="float32")
-    return trim(to_mono_16k(wave, sr))
+    return to_mono_16k(wave, sr)
+
+
+def _festival(text: str, voice: Voice) -> np.ndarray:
+    """festival's `ked_diphone` voice (Debian festvox-kdlpc16k) through `text2wave`."""
+    if shutil.which("text2wave") is None:
+        raise RuntimeError(
+            "festival's ked voice is needed for the demo's speech: "
+            "apt-get install festival festvox-kdlpc16k"
+        )
+    f0 = voice.pitch / voice.formant  # the formant shift raises it back
+    stretch = 100.0 / voice.speed * voice.formant  # > 1 is slower
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "speech.wav"
+        cmd = [
+            "text2wave",
+            "-eval",
+            f"(voice_{voice.variant})",
+            "-eval",
+            f"(Parameter.set 'Duration_Stretch {stretch:.3f})",
+            "-eval",
+            f"(set! int_lr_params '((target_f0_mean {f0:.1f}) (target_f0_std {0.16 * f0:.1f}) "
+            "(model_f0_mean 170) (model_f0_std 34)))",
+            "-o",
+            str(out),
+        ]
+        run = subprocess.run(cmd, input=text.encode(), capture_output=True)
+        if run.returncode != 0 or not out.is_file():
+            raise RuntimeError(
+                f"festival could not speak {text!r} with voice_{voice.variant}: "
+                f"{run.stderr.decode(errors='replace').strip()} (is festvox-kdlpc16k installed?)"
+            )
+        wave, sr = sf.read(out, dtype="float32")
+    return to_mono_16k(wave, sr)
 
 
 def trim(wave: np.ndarray, threshold_db: float = -40.0) -> np.ndarray:
