@@ -4,7 +4,7 @@
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-APT_PACKAGES := espeak-ng ffmpeg
+APT_PACKAGES := espeak-ng festival festvox-kdlpc16k ffmpeg
 
 .PHONY: setup demo test lint bench
 

@@ -34,14 +34,22 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import write_section
 
-from ensemble.core.audio import N_SAMPLES, SAMPLES_PER_TIMESTEP, load_audio
+from ensemble.core.audio import (
+    HOP_LENGTH,
+    N_SAMPLES,
+    SAMPLES_PER_TIMESTEP,
+    load_audio,
+    seconds_to_samples,
+)
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.manifest import clips, read_manifest
 from ensemble.core.metrics import bootstrap_ci
 
 log = logging.getLogger("probe")
+BAR = {"mininterval": 0.1 if sys.stderr.isatty() else 30.0}  # a log file gets a line every 30 s
 C_GRID = (0.001, 0.01, 0.1, 1.0)
 EVAL_SPLITS = ("test", "holdout")
+MARGIN_S = 0.5  # kept away from an event's bounds when only its surroundings are pooled
 
 
 def clip_features(
@@ -58,7 +66,7 @@ def clip_features(
     todo = [i for i, k in enumerate(keys) if not (folder / f"{k}.npy").is_file()]
     if todo:
         encoder = load_whisper(source)[0].model.encoder.eval()
-        for lo in tqdm(range(0, len(todo), batch), desc="encoder features", unit="batch"):
+        for lo in tqdm(range(0, len(todo), batch), desc="encoder features", unit="batch", **BAR):
             idx = todo[lo : lo + batch]
             waves = [load_audio(paths[i])[:N_SAMPLES] for i in idx]
             mel = log_mel(np.stack([np.pad(w, (0, N_SAMPLES - len(w))) for w in waves]))
@@ -140,6 +148,60 @@ def probe(manifest: Path, source: str, layers: tuple[int, ...], cache: Path, see
     return out
 
 
+def span_features(path: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+    """Log-mel statistics (mean and std of 80 bins) of a clip inside [start, end] and outside it
+    (`MARGIN_S` away from the bounds), each `(160,)`."""
+    from whisper_head.decode import log_mel
+
+    wave = load_audio(path)
+    lo, hi, pad = (seconds_to_samples(t) for t in (start, end, MARGIN_S))
+    inside = wave[lo:hi]
+    outside = np.concatenate([wave[: max(lo - pad, 0)], wave[hi + pad :]])
+    feats = []
+    for part in (inside, outside):
+        n = max(1, min(len(part), N_SAMPLES) // HOP_LENGTH)  # mel frames of real audio
+        mel = log_mel(part[:N_SAMPLES])[0, :, :n]  # (80, n)
+        feats.append(torch.cat([mel.mean(1), mel.std(1)]).numpy())
+    return feats[0], feats[1]
+
+
+def background_probe(manifest: Path, seed: int) -> dict:
+    """Can the 14 emergencies be told apart from what surrounds their events? A logistic regression
+    on log-mel statistics of the audio outside each event (train split, C chosen on val), against
+    the same on the audio inside it. Near chance outside means the background gives nothing away."""
+    taxonomy = load_taxonomy()
+    table = clips(read_manifest(manifest, taxonomy))
+    em = table[
+        table["label"].map(taxonomy.is_emergency) & table["split"].isin(["train", "val", "test"])
+    ]
+    em = em[[not np.isnan(s[0][0]) for s in em["segments"]]]
+    pairs = [
+        span_features(p, s[0][0], s[0][1])
+        for p, s in tqdm(
+            zip(em["path"], em["segments"], strict=True), total=len(em), desc="spans", **BAR
+        )
+    ]
+    y, split = em["label"].to_numpy(), em["split"].to_numpy()
+    out = {"n_train": int((split == "train").sum()), "chance": float(1 / len(set(y)))}
+    for name, X in (
+        ("inside", np.stack([a for a, _ in pairs])),
+        ("outside", np.stack([b for _, b in pairs])),
+    ):
+
+        def fit(C: float, X=X):
+            m = make_pipeline(
+                StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed)
+            )
+            return m.fit(X[split == "train"], y[split == "train"])
+
+        val = split == "val"
+        best = max(C_GRID, key=lambda c: (accuracy_score(y[val], fit(c).predict(X[val])), -c))
+        test = split == "test"
+        out[name] = _ci(_acc, y[test], fit(best).predict(X[test]))
+    out["n_test"] = int((split == "test").sum())
+    return out
+
+
 def markdown(result: dict, name: str, seconds: float) -> str:
     lines = [
         f"## Linear probe: {name}",
@@ -160,6 +222,20 @@ def markdown(result: dict, name: str, seconds: float) -> str:
             f"| {split} | {r['n']} | {r['n_emergency']} | {r['acc19']} | {r['n_identifiable']} "
             f"| {r['acc19_identifiable']} | {r['binary_acc']} | {r['auc']} |"
         )
+    bg = result.get("background")
+    if bg:
+        lines += [
+            "",
+            "Does the background give the emergency away? Log-mel statistics (mean and std of 80 "
+            f"bins) of the audio outside each emergency's event ({MARGIN_S} s away from it) against "
+            f"inside it; 14-class logistic regression on {bg['n_train']} training emergencies, "
+            f"scored on {bg['n_test']} test ones (chance {bg['chance']:.3f}):",
+            "",
+            "| audio | 14-class accuracy |",
+            "| --- | --- |",
+            f"| inside the event | {bg['inside']} |",
+            f"| outside the event | {bg['outside']} |",
+        ]
     return "\n".join(lines)
 
 
@@ -181,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     result = probe(args.manifest, args.source, tuple(args.layers), args.cache, args.seed)
+    result["background"] = background_probe(args.manifest, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     slug = "".join(ch if ch.isalnum() else "-" for ch in args.name.lower())
     (args.out / f"probe-{slug}.json").write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -312,3 +312,24 @@ def test_empty_root(tmp_path: Path) -> None:
     assert report == ImportReport()
     with pytest.raises(FileNotFoundError):
         import_aihub(tmp_path / "missing")
+
+
+def test_background_from_category_03_and_the_generators_record(tmp_path: Path) -> None:
+    outside = ann("화재", {"start": 0.1, "end": 0.3})
+    outside["categories"]["category_03"] = "실외"  # a scene that names a normal class
+    write_label(tmp_path / "A.json", [outside], "A.wav")
+    write_label(tmp_path / "B.json", [ann("화재", {"start": 0.1, "end": 0.3})], "B.wav")  # 기타
+    doc = json.loads(label_json([ann("낙상", {"start": 0.1, "end": 0.3})], "C.wav"))
+    doc["synthesis"] = {
+        "background": {"kind": "washer_dryer", "sources": []},
+        "identifiable": False,
+        "origin": ["espeak-ng", "ufoai-sound"],
+    }
+    (tmp_path / "C.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    for i, name in enumerate("ABC"):
+        write_wav(tmp_path / f"{name}.wav", i)
+    df, report = import_aihub(tmp_path)
+    assert report.errors == []
+    assert df["background"].tolist() == ["outdoor", "", "washer_dryer"]
+    assert df["identifiable"].tolist() == ["", "", "false"]
+    assert df["origin"].tolist() == ["", "", "espeak-ng;ufoai-sound"]

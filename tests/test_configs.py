@@ -172,7 +172,7 @@ def test_demo_yaml_shrinks_each_member_config(member, demo_manifest, tmp_path):
     entry = plan["members"][member]
     config = (CONFIGS.parent / entry["config"]).name
     cli = lightning_cli(config, demo_manifest, tmp_path, "--trainer.logger=false", *entry["args"])
-    assert cli.trainer.max_epochs in (2, 15)
+    assert cli.trainer.max_epochs == {"whisper_head": 1, "cnn": 8, "anomaly": 8}[member]
     if member == "whisper_head":
         assert cli.model.hparams.lam == 1.0 and cli.model.hparams.freeze == "all_but_head"
         assert cli.model.model.config.source == "bundled:base"

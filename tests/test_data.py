@@ -188,3 +188,48 @@ def test_train_classes_keeps_one_kind_in_train_only(tmp_path):
     assert kinds["all"] == ["c0.wav", "c1.wav", "c2.wav", "c3.wav"]
     assert kinds["normal"] == ["c2.wav"]  # c0 holds an emergency annotation too
     assert kinds["emergency"] == ["c0.wav", "c1.wav", "c3.wav"]
+
+
+def test_no_background_frame_of_an_emergency_clip_is_none(demo_manifest):
+    """Outside its event, an emergency clip's real audio carries its background's normal class
+    (the generator's record), the class the same sound has in a normal clip; never `none`."""
+    from ensemble.core.manifest import read_manifest
+
+    df = read_manifest(demo_manifest)
+    ds = WindowDataset(df, TAX)
+    seen = 0
+    for i, ref in enumerate(ds.refs):
+        clip = ds.clips.iloc[ref.clip]
+        if not TAX.is_emergency(clip["label"]):
+            continue
+        item = ds[i]
+        labels, mask = item["frame_labels"].numpy(), item["mask"].numpy()
+        background = TAX.id(clip["background"])
+        assert not TAX.is_emergency(background)
+        outside = mask & (labels != TAX.id(clip["label"]))
+        assert outside.any() and (labels[outside] == background).all()
+        assert (labels[mask] != 0).all() and (labels[~mask] == 0).all()  # none: padding only
+        seen += 1
+    assert seen == 14 * 2
+
+
+def test_background_rule_for_clips_the_data_says_nothing_about(tmp_path):
+    """A normal clip's surroundings are its own class; an emergency clip's are unknown (ignored)
+    unless the manifest names them."""
+    df = validate(
+        pd.DataFrame(
+            {
+                "path": [_wav(tmp_path / f"{k}.wav", 12.0) for k in "abc"],
+                "label": ["fire", "fire", "washer_dryer"],
+                "event_start": [2.0, 2.0, 1.0],
+                "event_end": [4.0, 4.0, 3.0],
+                "background": ["", "실내", ""],
+            }
+        )
+    )
+    ds = WindowDataset(df, TAX)
+    outside = np.r_[0:100, 200:600]
+    unknown, indoor, washer = (ds[i]["frame_labels"].numpy() for i in range(3))
+    assert (unknown[outside] == IGNORE_ID).all()
+    assert (indoor[outside] == TAX.id("indoor")).all()
+    assert (washer[:600] == TAX.id("washer_dryer")).all()

@@ -28,6 +28,7 @@ TRUTH = {
     "e.wav": ("fire", NAN, NAN, ""),  # its prediction is an error row
     "f.wav": ("outdoor", NAN, NAN, ""),  # no prediction
 }
+IDENTIFIABLE = {"a.wav": "true", "b.wav": "false", "c.wav": "true", "d.wav": "true"}
 Y = np.array([True, True, False, False])  # truth of a..d
 P = {  # member scores of a..d
     "whisper_head": [0.9, 0.4, 0.5, 0.1],
@@ -84,6 +85,7 @@ def _write(tmp_path: Path, folder: Path | None = None, rows: list[dict] | None =
                 "event_end": e,
                 "transcript": t,
                 "split": "test",
+                "identifiable": IDENTIFIABLE.get(n, ""),
             }
             for n, (lab, s, e, t) in TRUTH.items()
         ]
@@ -166,6 +168,16 @@ def test_timestep_accuracy_only_for_the_head_and_the_ensemble(result):
     for v in (m["members"]["whisper_head"], m["ensemble"]):
         assert v["timestep_acc"] == pytest.approx(275 / 350) and v["n_timesteps"] == 350
     assert all(math.isnan(m["members"][n]["timestep_acc"]) for n in ("cnn", "anomaly"))
+
+
+def test_accuracy_on_identifiable_clips_and_intervals(result):
+    ens = result[0]["ensemble"]
+    # ensemble classes: a fire (right), b fire (wrong, not identifiable), c indoor (right), d none
+    assert ens["acc19"] == pytest.approx(2 / 4) and ens["n_identifiable"] == 3
+    assert ens["acc19_identifiable"] == pytest.approx(2 / 3)
+    low, high = ens["acc19_ci"]
+    assert 0 <= low <= 0.5 <= high <= 1 and ens["binary_acc_ci"][0] <= 0.75
+    assert math.isnan(result[0]["members"]["anomaly"]["acc19_identifiable"])
 
 
 def test_cer_goes_to_the_keyword_judge(result):

@@ -207,7 +207,34 @@ BAD_CSV = {
         "path,label\na.wav,none\n",
         ["line(s) 2:", "'none' is not a clip label"],
     ),
+    "emergency background": (
+        "path,label,background\na.wav,fire,indoor\nb.wav,fire,fall\n",
+        ["line(s) 3:", "background 'fall' is not a normal class"],
+    ),
+    "unknown background": (
+        "path,label,background\na.wav,fire,kitchen\n",
+        ["line(s) 2:", "background: unknown label 'kitchen'"],
+    ),
+    "bad identifiable": (
+        "path,label,identifiable\na.wav,fire,true\nb.wav,fire,maybe\n",
+        ["line(s) 3:", "identifiable must be true, false or empty"],
+    ),
 }
+
+
+def test_background_identifiable_and_origin_are_normalised(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "path,label,background,identifiable,origin,split\n"
+        "a.wav,fire,실내,1,espeak-ng;ufoai-sound,holdout\n"
+        "b.wav,fall,,no,,train\n",
+        encoding="utf-8",
+    )
+    df = read_manifest(path)
+    assert df["background"].tolist() == ["indoor", ""]
+    assert df["identifiable"].tolist() == ["true", "false"]
+    assert df["origin"].tolist() == ["espeak-ng;ufoai-sound", ""]
+    assert df["split"].tolist() == ["holdout", "train"]
 
 
 @pytest.mark.parametrize("case", list(BAD_CSV))

@@ -99,3 +99,28 @@ def test_emergency_probability_and_targets():
     torch.testing.assert_close(emergency_probability(probs, TAX), torch.tensor([0.7, 0.0]))
     labels = torch.tensor([FIRE, INDOOR, FALL])
     assert emergency_targets(labels, TAX).tolist() == [True, False, True]
+
+
+def test_bootstrap_interval_holds_the_value_and_narrows_with_more_data():
+    from sklearn.metrics import roc_auc_score
+
+    from ensemble.core.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(0)
+
+    def acc(y, p):
+        return float(np.mean(y == p))
+
+    widths = []
+    for n in (50, 800):
+        y = rng.random(n) < 0.5
+        p = np.where(rng.random(n) < 0.8, y, ~y)  # 80 % right
+        value, low, high = bootstrap_ci(acc, y, p)
+        assert low <= value <= high and value == pytest.approx(acc(y, p))
+        widths.append(high - low)
+    assert widths[1] < widths[0] / 2  # sqrt(16) = 4 times narrower, about
+    # an AUC over 6 files: resamples with one class only are skipped, not errors
+    value, low, high = bootstrap_ci(roc_auc_score, np.array([0, 0, 0, 1, 1, 1]), np.arange(6.0))
+    assert value == 1.0 and low == high == 1.0
+    with pytest.raises(ValueError, match="equal"):
+        bootstrap_ci(acc, np.zeros(3), np.zeros(4))

@@ -201,3 +201,26 @@ def test_demo_split_is_leak_free_and_covers_every_class(demo):
     sizes = df["split"].value_counts()
     assert sizes["train"] >= 26 and sizes["val"] >= 3 and sizes["test"] >= 3  # of 38
     assert df.loc[df["split"] == "train", "label"].nunique() == 19
+
+
+@pytest.mark.slow
+def test_the_default_demo_split(tmp_path_factory):
+    """`make demo`'s data and split (30 s): balanced, leak-free, 40+ training clips per class,
+    and a held-out split that training never sees."""
+    from ensemble.core.demo.build import make_demo_data
+    from ensemble.demo import DEMO_HOLDOUT, DEMO_PER_CLASS
+
+    root = tmp_path_factory.mktemp("default_demo")
+    make_demo_data(root, per_class=DEMO_PER_CLASS, seed=0, workers=2, progress=False)
+    result, report = split_with_report(import_aihub(root)[0], holdout_sources=DEMO_HOLDOUT)
+    df = result.df
+    _assert_leak_free(df)
+    spread = _speech_spread(df[df["split"] != HOLDOUT])
+    assert spread["emergency"] <= 0.05 and spread["normal"] <= 0.05, spread
+    assert df.loc[df["split"] == "train", "label"].value_counts().min() >= 40
+    held = df["split"] == HOLDOUT
+    assert 0.05 < held.mean() < 0.2
+    assert not df.loc[~held, "origin"].str.contains("festival|sonic-pi-samples").any()
+    speakers = split_table(result)["speakers"].astype(int)
+    assert speakers["test"] >= 15 and speakers["val"] >= 15  # not one or two voices
+    assert "speakers in two splits: 0; transcripts in two splits: 0" in report

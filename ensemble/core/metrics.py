@@ -11,6 +11,7 @@ import logging
 import math
 import re
 import unicodedata
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -91,14 +92,16 @@ def bootstrap_ci(
     value = float(metric(*arrays))
     rng = np.random.default_rng(seed)
     draws = []
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        try:
-            v = float(metric(*(a[idx] for a in arrays)))
-        except ValueError:
-            continue
-        if math.isfinite(v):
-            draws.append(v)
+    with warnings.catch_warnings():  # a resample with one class only: scikit-learn warns, NaN
+        warnings.simplefilter("ignore")
+        for _ in range(n_boot):
+            idx = rng.integers(0, n, n)
+            try:
+                v = float(metric(*(a[idx] for a in arrays)))
+            except ValueError:
+                continue
+            if math.isfinite(v):
+                draws.append(v)
     if not draws:
         return value, math.nan, math.nan
     tail = (1 - level) / 2 * 100

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -27,50 +28,17 @@ from ensemble.core.demo.scripts import (
     EVERYDAY_LINES,
     GENERIC_CALLS,
     N_SETS,
-    SESSIONS,
     line_set,
     session,
 )
 from ensemble.core.demo.sources import SourcePool, load_pool
-from ensemble.core.demo.synth import Voice, active_span, filtered, mix_at_snr, normalize_peak, speak
+from ensemble.core.demo.speakers import Speaker, make_speakers
+from ensemble.core.demo.synth import active_span, filtered, mix_at_snr, normalize_peak, speak
 from ensemble.core.demo.timeline import Event, render_bed, render_event, render_normal_foreground
 from ensemble.core.labels import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
-SPEAKERS_PER_SESSION = {"ko": 2, "en": 2}  # of each script set
-# English of these script sets is read by festival's ked diphone voice alone, like a recording
-# session of its own: `split --holdout-source festival` keeps it out of training, transcripts too
-FESTIVAL_SETS = frozenset({8, 9})
-# espeak-ng variants that sound like people (its robots, whispers and announcers left out), by
-# the gender espeak-ng gives them
-VARIANTS = {
-    "남성": (
-        "m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8", "adam", "Alex", "Andy", "antonio",
-        "benjamin", "boris", "caleb", "david", "Denis", "Diogo", "ed", "edward", "Gene",
-        "gustave", "Henrique", "Hugo", "iven", "Jacky", "john", "Lee", "marcelo", "Marco", "max",
-        "Michael", "michel", "miguel", "Mike", "pablo", "paul", "pedro", "quincy", "rob",
-        "robert", "zac", "grandpa", "klatt", "klatt2", "klatt3", "norbert", "sandro", "shelby",
-        "travis", "victor",
-    ),
-    "여성": (
-        "f1", "f2", "f3", "f4", "f5", "Alicia", "Andrea", "Annie", "aunty", "belinda", "linda",
-        "steph", "steph2", "steph3", "anika", "grandma",
-    ),
-}  # fmt: skip
-LANGUAGES = {"ko": ("ko",), "en": ("en-us", "en-gb")}
-GENERATIONS = ("청년", "중년", "노년")
 CEILING_FILE = "ceiling.yaml"  # beside the clips: what can be learned from them
-
-
-@dataclass(frozen=True)
-class Speaker:
-    id: str
-    script_set: int
-    session: int  # index into scripts.SESSIONS
-    language: str  # "ko" or "en"
-    voice: Voice
-    gender: str  # 남성 / 여성
-    generation: str
 
 
 @dataclass(frozen=True)
@@ -88,44 +56,6 @@ class ClipTruth:
     background: str  # the normal class of the bed under the clip
     identifiable: bool
     origin: str  # ";"-joined voice engine and sound packages
-
-
-def make_speakers(seed: int) -> list[Speaker]:
-    """Synthetic speakers, each recording one session of one script set; no two share a voice."""
-    rng = np.random.default_rng([seed, 0x5EA4])
-    speakers, used = [], set()
-    for s in range(N_SETS):
-        for k in range(len(SESSIONS)):
-            for lang, n in SPEAKERS_PER_SESSION.items():
-                festival = lang == "en" and s in FESTIVAL_SETS
-                for _ in range(n):
-                    while True:
-                        voice, gender = (_ked if festival else _espeak_voice)(lang, rng)
-                        if voice not in used:
-                            break
-                    used.add(voice)
-                    sid = f"spk{len(speakers):03d}"
-                    generation = str(rng.choice(GENERATIONS))
-                    speakers.append(Speaker(sid, s, k, lang, voice, gender, generation))
-    return speakers
-
-
-def _espeak_voice(lang: str, rng: np.random.Generator) -> tuple[Voice, str]:
-    gender = str(rng.choice(list(VARIANTS)))
-    voice = Voice(
-        str(rng.choice(LANGUAGES[lang])),
-        str(rng.choice(VARIANTS[gender])),
-        int(rng.integers(25, 70)),
-        int(rng.integers(140, 185)),
-    )
-    return voice, gender
-
-
-def _ked(lang: str, rng: np.random.Generator) -> tuple[Voice, str]:
-    """festival's one English voice made into several speakers: F0, tempo and vocal-tract size."""
-    pitch, formant = int(rng.integers(85, 170)), round(float(rng.uniform(0.92, 1.15)), 2)
-    voice = Voice("en", "ked_diphone", pitch, int(rng.integers(85, 116)), "festival", formant)
-    return voice, "여성" if pitch >= 140 and formant >= 1.08 else "남성"
 
 
 def make_demo_data(
@@ -147,7 +77,8 @@ def make_demo_data(
     )
     bar = dict(total=len(jobs), desc="demo clips", unit="clip", disable=not progress)
     if workers > 1:
-        with ProcessPoolExecutor(workers) as ex:
+        # spawned, not forked: a fork of a process whose threads hold locks (torch, BLAS) can hang
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
             truths = list(tqdm(ex.map(build, jobs, chunksize=4), **bar))
     else:
         truths = [build(job) for job in tqdm(jobs, **bar)]
