@@ -175,6 +175,24 @@ def _fractions(p: argparse.ArgumentParser, holdout_default: str = "none") -> Non
     )
 
 
+def _generator_options(p: argparse.ArgumentParser) -> None:
+    from ensemble.core.demo.build import DEFAULT_PER_CLASS
+
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=DEFAULT_PER_CLASS,
+        help="demo clips of every class, all splits together",
+    )
+    p.add_argument("--workers", type=int, default=2, help="processes building the clips")
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="sound-package cache (default ~/.cache/emergency-ensemble)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergency-ensemble", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -184,15 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         "make-demo-data", help="build the synthetic demo dataset in the AI Hub layout"
     )
     p.add_argument("out", type=Path, help="folder to write the dataset into")
-    p.add_argument("--per-class", type=int, default=80, help="clips of every class")
     p.add_argument("--seed", type=int, default=0, help="one seed, the same bytes")
-    p.add_argument("--workers", type=int, default=2, help="processes building the clips")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="sound-package cache (default ~/.cache/emergency-ensemble)",
-    )
+    _generator_options(p)
     p.set_defaults(func=_make_demo_data)
 
     p = sub.add_parser("import-aihub", help="AI Hub label JSON + audio -> manifest")
@@ -257,16 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="a LightningCLI override for every member (repeatable): --fit-arg=--trainer.max_steps=2",
     )
-    p.add_argument(
-        "--per-class", type=int, default=80, help="demo clips per class (all splits together)"
-    )
-    p.add_argument("--workers", type=int, default=2, help="processes building the clips")
-    p.add_argument(
-        "--cache",
-        type=Path,
-        default=None,
-        help="sound-package cache (default ~/.cache/emergency-ensemble)",
-    )
+    _generator_options(p)
     _fractions(p, holdout_default="festival and sonic-pi-samples; `none` holds nothing out")
     p.set_defaults(func=_demo)
 

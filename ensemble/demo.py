@@ -22,7 +22,6 @@ from ensemble.core.labels import CONFIG_DIR
 log = logging.getLogger(__name__)
 
 REPO = CONFIG_DIR.parent
-DEMO_PER_CLASS = 80  # at least 40 training clips of every class once sources are held out
 DEMO_HOLDOUT = ("festival", "sonic-pi-samples")  # a voice engine and a sound package
 
 

@@ -233,3 +233,19 @@ def test_background_rule_for_clips_the_data_says_nothing_about(tmp_path):
     assert (unknown[outside] == IGNORE_ID).all()
     assert (indoor[outside] == TAX.id("indoor")).all()
     assert (washer[:600] == TAX.id("washer_dryer")).all()
+
+
+def test_held_out_clips_are_only_predicted(tmp_path):
+    paths = [_wav(tmp_path / f"c{i}.wav", 5.0) for i in range(4)]
+    df = pd.DataFrame(
+        {"path": paths, "label": ["fire", "indoor", "fall", "fire"]}
+        | {"split": ["train", "val", "test", "holdout"]}
+    )
+    manifest = write_manifest(df, tmp_path / "m.csv")
+    dm = AudioDataModule(str(manifest))
+    dm.setup()
+    assert set(dm.datasets) == {"train", "val", "test"}
+    dm = AudioDataModule(str(manifest), predict_split="holdout")
+    dm.setup()
+    assert len(dm.datasets["holdout"]) == 1 and len(dm.datasets["train"]) == 1
+    assert next(iter(dm.predict_dataloader()))["path"] == [paths[3]]

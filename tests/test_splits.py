@@ -208,10 +208,10 @@ def test_the_default_demo_split(tmp_path_factory):
     """`make demo`'s data and split (30 s): balanced, leak-free, 40+ training clips per class,
     and a held-out split that training never sees."""
     from ensemble.core.demo.build import make_demo_data
-    from ensemble.demo import DEMO_HOLDOUT, DEMO_PER_CLASS
+    from ensemble.demo import DEMO_HOLDOUT
 
     root = tmp_path_factory.mktemp("default_demo")
-    make_demo_data(root, per_class=DEMO_PER_CLASS, seed=0, workers=2, progress=False)
+    make_demo_data(root, seed=0, workers=2, progress=False)  # the default size
     result, report = split_with_report(import_aihub(root)[0], holdout_sources=DEMO_HOLDOUT)
     df = result.df
     _assert_leak_free(df)

@@ -202,7 +202,8 @@ class AudioDataModule(pl.LightningDataModule):
     `transcript`, `path` (lists of B str), `start_s` (list of B float). N = window_s * 16000,
     T = N / 320 (1500 for 30 s). A manifest without splits is split leak-free on the fly.
     `train_classes="normal"` keeps only clips without any emergency annotation in the train split
-    (the anomaly member learns from normal audio only); val and test keep every clip.
+    (the anomaly member learns from normal audio only); val and test keep every clip. Clips of the
+    `holdout` split are never trained or validated on; `predict_split="holdout"` predicts them.
     """
 
     def __init__(
@@ -232,7 +233,8 @@ class AudioDataModule(pl.LightningDataModule):
                 self.hparams.manifest,
             )
             df = assign_splits(df, seed=self.hparams.seed)
-        for split in ("train", "val", "test"):
+        wanted = ("train", "val", "test", self.hparams.predict_split)
+        for split in dict.fromkeys(wanted):  # held-out clips only when asked to predict them
             part = df[df["split"] == split]
             if split == "train":
                 part = self._keep(part, self.hparams.train_classes)

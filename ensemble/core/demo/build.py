@@ -38,6 +38,7 @@ from ensemble.core.demo.timeline import Event, render_bed, render_event, render_
 from ensemble.core.labels import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
+DEFAULT_PER_CLASS = 80  # 40+ training clips of every class once sources are held out
 CEILING_FILE = "ceiling.yaml"  # beside the clips: what can be learned from them
 
 
@@ -60,7 +61,7 @@ class ClipTruth:
 
 def make_demo_data(
     out: str | Path,
-    per_class: int = 20,
+    per_class: int = DEFAULT_PER_CLASS,
     seed: int = 0,
     taxonomy: Taxonomy | None = None,
     cache: str | Path | None = None,
