@@ -180,6 +180,8 @@ def format_report(
         )
     if compare is not None:
         shown = compare.copy()
+        for c in ("speakers_in_two_splits", "transcripts_in_two_splits"):
+            shown[c] = shown[c].astype(int)
         for c in ("clips_touched", "speech_gap_emergency", "speech_gap_normal", "largest_group"):
             shown[c] = shown[c].map(lambda v: f"{v:.1%}")
         lines += ["", "what each --group-by choice would give:", shown.to_string()]
