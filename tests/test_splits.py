@@ -192,6 +192,8 @@ def test_holdout_sources_never_reach_train():
     assert (df.loc[held, "split"] == HOLDOUT).all() and (df.loc[~held, "split"] != HOLDOUT).all()
     assert split_table(result).loc[HOLDOUT, "clips"] == "41"
     assert "held out: festival, sonic-pi-samples" in format_report(result)
+    with pytest.raises(ValueError, match="every clip is made of a held-out source"):
+        _split(_manifest(rows, origin), holdout_sources=("ufoai-sound", "sonic-pi-samples"))
 
 
 def test_demo_split_is_leak_free_and_covers_every_class(demo):

@@ -128,6 +128,8 @@ def split_manifest(
     strata = row_strata(df, taxonomy, durations)
     held = _held_out(df, holdout_sources)
     dealt = np.flatnonzero(~held)
+    if len(dealt) == 0:
+        raise ValueError(f"every clip is made of a held-out source {list(holdout_sources)}")
     limit = max_group_share * np.asarray(fractions) * len(dealt)  # (S,) rows a group may hold
     group = np.full(len(df), -1)
     group[dealt], broken = _capped_groups(df.iloc[dealt], tuple(group_by), limit.max())
