@@ -21,7 +21,8 @@ def _make_demo_data(args: argparse.Namespace) -> None:
     log.info("wrote %d clips to %s in %.1f s", len(truths), args.out, time.perf_counter() - t0)
 
 
-def _split_options(args: argparse.Namespace) -> dict:
+def split_options(args: argparse.Namespace) -> dict:
+    """`split_manifest` keyword arguments from the parsed split options."""
     return {
         "fractions": tuple(args.fractions),
         "seed": args.seed,
@@ -32,17 +33,14 @@ def _split_options(args: argparse.Namespace) -> dict:
 
 
 def _write_split(df, args: argparse.Namespace, out: Path, taxonomy=None):
-    """Split `df`, write the manifest to `out` and the report beside it; print the report."""
-    from ensemble.core.manifest import write_manifest
-    from ensemble.core.split_report import split_with_report
+    """Split `df` by the CLI's options, write manifest and report, print the report."""
+    from ensemble.core.split_report import write_split
 
-    result, report = split_with_report(
-        df, compare=not args.no_compare, taxonomy=taxonomy, **_split_options(args)
+    result, path, report = write_split(
+        df, out, compare=not args.no_compare, taxonomy=taxonomy, **split_options(args)
     )
-    out = write_manifest(result.df, out, taxonomy)
-    out.with_name(out.stem + ".split.txt").write_text(report + "\n", encoding="utf-8")
     print(report)
-    return result, out
+    return result, path
 
 
 def _import_aihub(args: argparse.Namespace) -> None:
@@ -53,8 +51,8 @@ def _import_aihub(args: argparse.Namespace) -> None:
     taxonomy = load_taxonomy(args.labels)
     df, report = import_aihub(args.root, extract_dir=args.extract_dir, taxonomy=taxonomy)
     if args.split:
-        df, out = _write_split(df, args, args.out, taxonomy)
-        df = df.df
+        result, out = _write_split(df, args, args.out, taxonomy)
+        df = result.df
     else:
         out = write_manifest(df, args.out, taxonomy)
     unpaired = out.with_name(out.stem + ".unpaired.csv")

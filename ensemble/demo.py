@@ -107,10 +107,11 @@ def ensemble_config(base: Path, checkpoints: dict[str, Path], path: Path) -> Pat
 def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str]:
     """Demo clips under `data`, imported and split into `manifest` (report beside it); returns
     the splits to score: test, and holdout when sources are held out."""
-    from ensemble.cli import _write_split
+    from ensemble.cli import split_options
     from ensemble.core.aihub import import_aihub
     from ensemble.core.demo.build import make_demo_data
     from ensemble.core.manifest import HOLDOUT, summarize
+    from ensemble.core.split_report import write_split
 
     t0 = time.perf_counter()
     truths = make_demo_data(data, args.per_class, args.seed, cache=args.cache, workers=args.workers)
@@ -118,7 +119,10 @@ def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str
     df, report = import_aihub(data)
     if report.errors or report.unpaired_audio or report.unpaired_labels:
         raise RuntimeError(f"the demo data did not import cleanly:\n{report.summary()}")
-    result, _ = _write_split(df, args, manifest)
+    result, _, split_report = write_split(
+        df, manifest, compare=not args.no_compare, **split_options(args)
+    )
+    print(split_report)
     print(summarize(result.df))
     return ["test", *([HOLDOUT] if (result.df["split"] == HOLDOUT).any() else [])]
 

@@ -20,6 +20,7 @@ def test_import_split_summary(demo, tmp_path, capsys):
     df = read_manifest(out)
     assert len(df) == len(truths) and set(df["split"]) == {"train", "val", "test"}
     assert pd.read_csv(tmp_path / "m.unpaired.csv").empty
+    assert "what each --group-by choice would give" in (tmp_path / "m.split.txt").read_text()
 
     assert (
         main(

@@ -11,7 +11,8 @@ from ensemble.core.split_report import (
     split_table,
     split_with_report,
 )
-from ensemble.core.splits import assign_splits, leaks, normalize_text, split_manifest
+from ensemble.core.splits import assign_splits, leaks, split_manifest
+from ensemble.core.text import normalize_text
 
 NORMAL = ("indoor", "outdoor", "washer_dryer", "vacuum_cleaner", "other_appliance")
 

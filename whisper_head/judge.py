@@ -22,11 +22,10 @@ from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA
 
 from ensemble.core.labels import CONFIG_DIR, Taxonomy, load_taxonomy
+from ensemble.core.text import HANGUL, LATIN
 
 DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"
 GENERIC = "generic"  # key of the calls for help that name no class
-HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
-LATIN = re.compile(r"[a-z]")
 _APOSTROPHES = "'’ʼ`"
 
 

@@ -33,6 +33,7 @@ from ensemble.core.member import (
     moving_average,
 )
 from ensemble.core.metrics import cer_metrics, write_test_report
+from ensemble.core.text import script_language
 from whisper_head.decode import (
     MULTILINGUAL_VOCAB,
     CT2Generator,
@@ -43,7 +44,7 @@ from whisper_head.decode import (
     tokenizer_for,
     transcribe_encoded,
 )
-from whisper_head.judge import HANGUL, LATIN, KeywordJudge, judgement_tensors
+from whisper_head.judge import KeywordJudge, judgement_tensors
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,8 @@ Freeze = Literal["encoder", "none", "all_but_head"]
 def text_language(text: str, languages: tuple[str, ...]) -> str:
     """The language of a reference transcript among `languages`: Korean if it has Hangul, English
     if it has Latin letters, else the first candidate."""
-    if "ko" in languages and HANGUL.search(text):
-        return "ko"
-    if "en" in languages and LATIN.search(text.lower()):
-        return "en"
-    return languages[0]
+    language = script_language(text)
+    return language if language in languages else languages[0]
 
 
 def clip_class_probs(

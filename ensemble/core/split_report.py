@@ -6,20 +6,15 @@ groups under the cap; what the held-out split shares with train; and, side by si
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.manifest import HOLDOUT, SPLITS
-from ensemble.core.splits import (
-    GROUP_KEYS,
-    SplitResult,
-    leaks,
-    normalize_text,
-    script_language,
-    split_manifest,
-)
+from ensemble.core.manifest import HOLDOUT, SPLITS, write_manifest
+from ensemble.core.splits import GROUP_KEYS, SplitResult, leaks, split_manifest
+from ensemble.core.text import normalize_text, script_language
 
 GROUP_BY_CHOICES = (GROUP_KEYS, ("speaker",), ("transcript",), ())
 
@@ -118,12 +113,19 @@ def leak_summary(result: SplitResult) -> dict:
 
 
 def compare_group_by(
-    df: pd.DataFrame, choices: Sequence[tuple[str, ...]] = GROUP_BY_CHOICES, **options
+    df: pd.DataFrame,
+    choices: Sequence[tuple[str, ...]] = GROUP_BY_CHOICES,
+    done: SplitResult | None = None,
+    **options,
 ) -> pd.DataFrame:
-    """What each `group_by` choice leaks and how alike its splits come out (same options)."""
+    """What each `group_by` choice leaks and how alike its splits come out (same options); `done`
+    is a result already split with one of the choices, not split again."""
     rows = {}
     for group_by in choices:
-        result = split_manifest(df, group_by=group_by, **options)
+        if done is not None and tuple(done.group_by) == tuple(group_by):
+            result = done
+        else:
+            result = split_manifest(df, group_by=group_by, **options)
         table = split_table(result)
         inner = table.loc[[s for s in SPLITS if s in table.index]]
         found = leak_summary(result)
@@ -197,5 +199,22 @@ def split_with_report(
     table = None
     if compare:
         options = {k: v for k, v in options.items() if k not in ("group_by", "durations")}
-        table = compare_group_by(df, durations=result.durations, taxonomy=taxonomy, **options)
+        table = compare_group_by(
+            df, done=result, durations=result.durations, taxonomy=taxonomy, **options
+        )
     return result, format_report(result, taxonomy, table)
+
+
+def write_split(
+    df: pd.DataFrame,
+    out: str | Path,
+    compare: bool = True,
+    taxonomy: Taxonomy | None = None,
+    **options,
+) -> tuple[SplitResult, Path, str]:
+    """Split `df` (`split_manifest` options), write the manifest to `out` and the report beside it
+    as `<stem>.split.txt`; returns the result, the manifest's path and the report."""
+    result, report = split_with_report(df, compare, taxonomy, **options)
+    path = write_manifest(result.df, out, taxonomy)
+    path.with_name(path.stem + ".split.txt").write_text(report + "\n", encoding="utf-8")
+    return result, path, report

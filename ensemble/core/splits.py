@@ -20,8 +20,6 @@ never dealt: a measure of what carries over to other voices and recordings.
 from __future__ import annotations
 
 import logging
-import re
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +29,7 @@ import pandas as pd
 from ensemble.core.audio import AudioError, audio_duration
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import HOLDOUT, SPLITS
+from ensemble.core.text import normalize_text, script_language
 
 log = logging.getLogger(__name__)
 
@@ -50,21 +49,6 @@ FACETS = (
     (("label", "language"), "label", 0.5),
     (("label", "duration"), "label", 0.25),
 )
-_HANGUL = re.compile(r"[\uac00-\ud7a3\u1100-\u11ff\u3130-\u318f]")
-_LATIN = re.compile(r"[a-z]", re.IGNORECASE)
-
-
-def normalize_text(text: str) -> str:
-    """Transcript key for grouping: NFC, lower case, letters and digits only."""
-    text = unicodedata.normalize("NFC", str(text)).lower()
-    return re.sub(r"[\W_]+", "", text)
-
-
-def script_language(text: str) -> str:
-    """`ko` for Hangul, `en` for Latin letters, `other` for other text, "" for none."""
-    if not str(text).strip():
-        return ""
-    return "ko" if _HANGUL.search(text) else "en" if _LATIN.search(text) else "other"
 
 
 @dataclass(frozen=True)
