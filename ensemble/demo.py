@@ -146,8 +146,9 @@ def run_demo(args: argparse.Namespace) -> dict:
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):
         _stage(f"2/5 fit {name} ({i + 1} of {len(plan['members'])})", t0)
+        member_args = [a.replace("{out}", str(out)) for a in member.get("args", [])]
         checkpoints[name] = fit_member(
-            name, REPO / member["config"], member.get("args", []), manifest, out, args.fit_args
+            name, REPO / member["config"], member_args, manifest, out, args.fit_args
         )
         print(f"{name}: {checkpoints[name]}")
     config = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")

@@ -56,6 +56,7 @@ COLUMNS = (
     "auc",
     "pauc",
     "timestep_acc",
+    "event_timestep_acc",
     "cer",
     "cer_nospace",
 )
@@ -255,9 +256,11 @@ def score_one(
     if scored and y[scored].any() and not y[scored].all():
         out["auc_ci"] = _interval(roc_auc_score, y[scored], s)
 
-    out |= {"timestep_acc": NAN, "n_timesteps": 0}
+    out |= {"timestep_acc": NAN, "n_timesteps": 0, "event_timestep_acc": NAN}
     if timesteps:
-        right = total = 0
+        right = total = event_right = event_total = 0
+        emergency = np.zeros(taxonomy.n_outputs + 1, dtype=bool)
+        emergency[list(taxonomy.emergency_ids)] = True
         for m in matched:
             d = m.row.get("duration_s")
             if d is None:
@@ -267,7 +270,11 @@ def score_one(
             known = truth != IGNORE_ID  # an unknown background is not scored
             right += int((truth == pred)[known].sum())
             total += int(known.sum())
+            event = known & emergency[np.where(known, truth, 0)]  # inside an emergency event
+            event_right += int((truth == pred)[event].sum())
+            event_total += int(event.sum())
         out |= {"timestep_acc": right / total if total else NAN, "n_timesteps": total}
+        out["event_timestep_acc"] = event_right / event_total if event_total else NAN
 
     out |= {"cer": NAN, "cer_nospace": NAN, "n_cer": 0}
     if transcripts:

@@ -217,7 +217,7 @@ def test_ct2_decoder_serves_prediction_only(batch, tmp_path, monkeypatch):
     module = _module(decoder="ct2").eval()
     reference = _module().eval()
     with torch.no_grad():
-        encoded = module._encode(batch["wave"])
+        encoded = module._encode_wave(batch["wave"])
         module._transcribe(encoded)
         assert module._generator is None
         fast = module.predict_step(batch)["keyword_judge"].transcript
@@ -235,7 +235,7 @@ def test_cpu_bf16_runs_the_encoder_in_bfloat16_at_prediction_only(batch):
         module.eval()
         out = module.predict_step(batch)
         module.train()
-        module._encode(batch["wave"])
+        module._encode_wave(batch["wave"])
     assert dtypes == [torch.bfloat16, torch.float32]  # training stays fp32
     head = out["whisper_head"]
     assert head.frame_probs.dtype == torch.float32 and head.embedding.dtype == torch.float32

@@ -32,7 +32,9 @@ class WhisperHeadConfig:
     source: str = "bundled:base"
     hidden_dim: int = 3072
     n_outputs: int = 20  # 19 classes + none (column 0)
-    layer_weights: bool = False  # learned softmax-weighted sum over all encoder hidden states
+    layer_weights: bool = False  # learned softmax-weighted sum over encoder hidden states
+    # the hidden states that sum mixes (0: the embeddings, L: the last layer); None: all L + 1
+    layers: tuple[int, ...] | None = None
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -42,6 +44,10 @@ class WhisperHeadConfig:
             raise ValueError(f"bad sizes in {self}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
+            if not self.layers or min(self.layers) < 0 or len(set(self.layers)) < len(self.layers):
+                raise ValueError(f"layers must be distinct indices >= 0, got {self.layers}")
 
 
 def tiny_random_whisper(
@@ -76,7 +82,7 @@ def build_backbone(source: str) -> WhisperForConditionalGeneration:
 
 class Encoded(NamedTuple):
     hidden: Tensor  # (B, 1500, D): the encoder's output, what the decoder attends to
-    states: tuple[Tensor, ...] | None  # L + 1 tensors (B, 1500, D) when layers are weighted
+    states: tuple[Tensor, ...] | None  # the head's layers (B, 1500, D) when layers are weighted
 
 
 class TimestepHead(nn.Module):
@@ -107,8 +113,17 @@ class WhisperHeadModel(nn.Module):
         self.backbone = build_backbone(c.source).train()  # loaders leave it in eval mode
         bc = self.backbone.config
         self.head = TimestepHead(bc.d_model, c.hidden_dim, c.n_outputs, c.dropout)
-        if c.layer_weights:  # embeddings + every encoder layer, uniform at first
-            self.layer_logits = nn.Parameter(torch.zeros(bc.encoder_layers + 1))
+        last = bc.encoder_layers
+        if c.layer_weights and c.layers is not None and max(c.layers) > last:
+            raise ValueError(f"layers {c.layers}: the encoder has hidden states 0..{last}")
+        if not c.layer_weights:
+            self.head_layers: tuple[int, ...] = (last,)
+        else:
+            self.head_layers = tuple(range(last + 1)) if c.layers is None else c.layers
+        # what a feature cache stores: the head's layers and the last one (the decoder's input)
+        self.cached_layers = tuple(sorted({*self.head_layers, last}))
+        if c.layer_weights:  # uniform at first
+            self.layer_logits = nn.Parameter(torch.zeros(len(self.head_layers)))
 
     @property
     def encoder(self) -> nn.Module:
@@ -116,17 +131,36 @@ class WhisperHeadModel(nn.Module):
 
     def encode(self, mel: Tensor) -> Encoded:
         """The one encoder pass: log-mel `(B, 80, 3000)` -> `Encoded` with `(B, 1500, D)` tensors."""
-        out = self.encoder(mel, output_hidden_states=self.config.layer_weights)
-        return Encoded(
-            out.last_hidden_state, out.hidden_states if self.config.layer_weights else None
-        )
+        weighted = self.config.layer_weights
+        out = self.encoder(mel, output_hidden_states=weighted)
+        states = tuple(out.hidden_states[i] for i in self.head_layers) if weighted else None
+        return Encoded(out.last_hidden_state, states)
 
-    def frame_logits(self, encoded: Encoded) -> Tensor:
-        """`Encoded` -> logits `(B, 1500, K)`, column 0 = none."""
+    def cache_states(self, encoded: Encoded) -> Tensor:
+        """What a feature cache stores of `Encoded`: `(B, S, T, D)`, S = `len(cached_layers)`."""
+        if not self.config.layer_weights:
+            return encoded.hidden[:, None]
+        by_layer = dict(zip(self.head_layers, encoded.states, strict=True))
+        by_layer[self.cached_layers[-1]] = encoded.hidden
+        return torch.stack([by_layer[i] for i in self.cached_layers], dim=1)
+
+    def from_cache(self, states: Tensor) -> Encoded:
+        """`Encoded` from cached states `(B, S, T, D)` (see `cache_states`)."""
+        if states.shape[1] != len(self.cached_layers):
+            raise ValueError(f"{states.shape[1]} cached layers, expected {self.cached_layers}")
+        by_layer = dict(zip(self.cached_layers, states.unbind(1), strict=True))
+        head = tuple(by_layer[i] for i in self.head_layers) if self.config.layer_weights else None
+        return Encoded(by_layer[self.cached_layers[-1]], head)
+
+    def frame_logits(self, encoded: Encoded, index: Tensor | None = None) -> Tensor:
+        """`Encoded` -> logits `(B, 1500, K)`, column 0 = none; with `index (B, k)` only at those
+        timesteps: `(B, k, K)`."""
         x = encoded.hidden  # (B, T, D)
         if self.config.layer_weights:
-            w = self.layer_logits.softmax(0)  # (L + 1,)
+            w = self.layer_logits.softmax(0)  # (len(head_layers),)
             x = torch.einsum("l,lbtd->btd", w.to(x.dtype), torch.stack(encoded.states))
+        if index is not None:
+            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
         return self.head(x)
 
     def forward(self, mel: Tensor) -> Tensor:

@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 import unicodedata
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from ensemble.core.audio import seconds_to_timesteps
+from ensemble.core.data import collate
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import (
     MemberModule,
@@ -34,6 +37,7 @@ from ensemble.core.member import (
 )
 from ensemble.core.metrics import cer_metrics, write_test_report
 from ensemble.core.text import script_language
+from whisper_head.cache import FeatureCache, progress, weights_digest
 from whisper_head.decode import (
     MULTILINGUAL_VOCAB,
     CT2Generator,
@@ -45,6 +49,7 @@ from whisper_head.decode import (
     transcribe_encoded,
 )
 from whisper_head.judge import KeywordJudge, judgement_tensors
+from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,15 @@ def clip_class_probs(
     cols[:, 0] = False  # none is never a clip's class
     summed = (frame_probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
     return (summed / summed.sum(1, keepdim=True).clamp_min(1e-12))[:, 1:]
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
@@ -133,7 +147,11 @@ class WhisperHeadModule(MemberModule):
         decoder: Literal["transformers", "ct2"] = "transformers",
         ct2_compute_type: str = "float32",
         speech_gate: float | None = None,
-        cpu_bf16: bool = False,
+        cpu_bf16: bool | Literal["auto"] = False,
+        feature_cache: str | None = None,
+        train_frames: int | None = None,
+        clip_loss: float = 0.0,
+        class_balance: float = 0.0,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -145,6 +163,13 @@ class WhisperHeadModule(MemberModule):
             raise ValueError(f"bad lam {lam}, threshold {threshold}, smooth_steps {smooth_steps}")
         if min_event_s < 0:
             raise ValueError(f"min_event_s must be >= 0, got {min_event_s}")
+        if (train_frames is not None and train_frames < 1) or clip_loss < 0 or class_balance < 0:
+            raise ValueError(
+                f"bad train_frames {train_frames}, clip_loss {clip_loss}, "
+                f"class_balance {class_balance}"
+            )
+        if cpu_bf16 not in (True, False, "auto"):
+            raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
         if freeze not in ("encoder", "none", "all_but_head"):
             raise ValueError(f"freeze must be encoder, none or all_but_head, got {freeze!r}")
         self.optimizer = optimizer
@@ -160,9 +185,16 @@ class WhisperHeadModule(MemberModule):
         if decoder not in ("transformers", "ct2"):
             raise ValueError(f"decoder must be transformers or ct2, got {decoder!r}")
         self._generator: CT2Generator | None = None
+        self._cache: FeatureCache | None = None
+        self.frame_weights: Tensor | None = None  # class-balanced frame loss, set at fit start
+        self._emergency = torch.zeros(K + 1, dtype=torch.bool)
+        self._emergency[list(self.taxonomy.emergency_ids)] = True
         self.judge = KeywordJudge.from_yaml(keywords)
         stages = ("val", "test")
         self.timestep_acc = torch.nn.ModuleDict(
+            {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
+        )
+        self.event_acc = torch.nn.ModuleDict(  # timesteps inside an emergency event
             {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
         )
         self.clip_acc = torch.nn.ModuleDict(
@@ -199,10 +231,18 @@ class WhisperHeadModule(MemberModule):
             return self.optimizer(groups)
         return torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
 
+    @property
+    def _bf16_encoder(self) -> bool:
+        """Whether the encoder runs in bfloat16: always on GPU; on CPU as `cpu_bf16` says
+        ("auto": when the CPU has native bfloat16 arithmetic)."""
+        if self.device.type == "cuda":
+            return True
+        want = self.hparams.cpu_bf16
+        return self.device.type == "cpu" and (want is True or (want == "auto" and cpu_has_bf16()))
+
     def _autocast(self):
-        on_gpu = self.device.type == "cuda"
-        cpu_bf16 = self.hparams.cpu_bf16 and self.device.type == "cpu" and not self.training
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on_gpu or cpu_bf16)
+        enabled = self._bf16_encoder and (self.device.type == "cuda" or not self.training)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def _ct2(self) -> CT2Generator | None:
         """The CTranslate2 decoder (exported on first use) when asked for and on CPU."""
@@ -212,12 +252,96 @@ class WhisperHeadModule(MemberModule):
             self._generator = CT2Generator(self.model.backbone, self.hparams.ct2_compute_type)
         return self._generator
 
-    def _encode(self, wave: Tensor) -> Encoded:
+    def _encode_wave(self, wave: Tensor) -> Encoded:
         """Waveform `(B, N)` -> `Encoded`; the one encoder forward of a batch."""
         mel = log_mel(wave)  # (B, 80, 3000)
         grad = torch.is_grad_enabled() and self.encoder_trainable
         with torch.set_grad_enabled(grad), self._autocast():
             return self.model.encode(mel)
+
+    def feature_cache(self) -> FeatureCache | None:
+        """The encoder-feature cache, when `feature_cache` names a folder and the encoder is
+        frozen (a trained encoder's outputs change every step: nothing to cache)."""
+        if self.hparams.feature_cache is None or self.encoder_trainable:
+            return None
+        if self._cache is None:
+            self._cache = FeatureCache(
+                self.hparams.feature_cache,
+                weights_digest(self.model.encoder),
+                self.model.cached_layers,
+                "bf16" if self._bf16_encoder else "fp32",
+            )
+        return self._cache
+
+    @torch.no_grad()
+    def _encode_for_cache(self, wave: Tensor) -> Encoded:
+        """The frozen encoder's outputs at the cache's precision, rounded to float16 as stored."""
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16_encoder):
+            states = self.model.cache_states(self.model.encode(log_mel(wave)))
+        return states.half()
+
+    def _encode(self, batch: dict) -> Encoded:
+        """A batch's `Encoded`: from the feature cache when there is one (missing windows are
+        computed and stored), else from the waveform."""
+        cache = self.feature_cache()
+        if cache is None:
+            return self._encode_wave(batch["wave"])
+        keys = cache.keys(batch["path"], batch["start_s"], batch["wave"].shape[1])
+        if all(k in cache for k in keys):
+            states = cache.load(keys).to(self.device)
+        else:
+            states = self._encode_for_cache(batch["wave"])
+            for k, st in zip(keys, states, strict=True):
+                if k not in cache:
+                    cache.put(k, st)
+        return self.model.from_cache(states.float())
+
+    def build_feature_cache(self, dataset, desc: str = "encoder features") -> int:
+        """Fill the cache with every window of a `WindowDataset` not in it yet, with a progress
+        bar; returns how many were computed. A killed build resumes from the stored entries."""
+        cache = self.feature_cache()
+        if cache is None:
+            return 0
+        paths = dataset.clips["path"]
+        keys = [cache.key(paths.iloc[r.clip], r.start, dataset.n_samples) for r in dataset.refs]
+        todo = [i for i, k in enumerate(keys) if k not in cache]
+        if not todo:
+            return 0
+        batch_size = 8 if self.device.type == "cuda" else 4
+        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate)
+        bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)")
+        done = 0
+        for batch in bar:
+            states = self._encode_for_cache(batch["wave"].to(self.device))
+            for st in states:
+                cache.put(keys[todo[done]], st)
+                done += 1
+        return done
+
+    def _build_caches(self, splits: tuple[str, ...]) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        datasets = getattr(datamodule, "datasets", {})
+        if self.feature_cache() is None or not datasets:
+            return
+        if self.trainer.is_global_zero:
+            for split in splits:
+                if split in datasets:
+                    n = self.build_feature_cache(datasets[split], f"{split} encoder features")
+                    log.info("feature cache: %d %s windows computed", n, split)
+        self.trainer.strategy.barrier()
+
+    def on_fit_start(self) -> None:
+        """Builds the train and val feature caches; sets the class-balanced frame weights."""
+        self._build_caches(("train", "val"))
+        datasets = getattr(getattr(self.trainer, "datamodule", None), "datasets", {})
+        if self.hparams.class_balance > 0 and "train" in datasets:
+            counts = torch.as_tensor(datasets["train"].frame_label_counts())
+            counts[0] = 0  # none marks padding only
+            self.frame_weights = frame_weights(counts, self.hparams.class_balance)
+            log.info("frame weights: %s", [round(w, 2) for w in self.frame_weights.tolist()])
+
+    def on_test_start(self) -> None:
+        self._build_caches(("test",))
 
     def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
         tok = self.tokenizer
@@ -232,22 +356,37 @@ class WhisperHeadModule(MemberModule):
         with self._autocast():
             return self.model.text_loss(hidden, input_ids.to(self.device), labels.to(self.device))
 
-    def _step(self, batch: dict, stage: str) -> tuple[Tensor, Encoded, Tensor]:
-        """Loss, encoder outputs and frame probabilities `(B, 1500, K + 1)`; logs losses."""
-        encoded = self._encode(batch["wave"])
-        with self._autocast():
-            logits = self.model.frame_logits(encoded).float()  # (B, T, K + 1)
+    def _step(self, batch: dict, stage: str) -> tuple[Tensor, Encoded, Tensor | None]:
+        """Loss, encoder outputs and frame probabilities `(B, 1500, K + 1)` (None in training
+        when only `train_frames` timesteps per window are scored); logs losses."""
+        encoded = self._encode(batch)
         targets = batch["frame_labels"].masked_fill(~batch["mask"], IGNORE)  # (B, T)
-        frame_loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+        index = None
+        if stage == "train" and self.hparams.train_frames is not None:
+            index = sample_frames(
+                targets, batch["mask"], self._emergency, self.hparams.train_frames
+            )
+            targets = targets.gather(1, index)
+        with self._autocast():
+            logits = self.model.frame_logits(encoded, index).float()  # (B, T or k, K + 1)
+        weight = None if self.frame_weights is None else self.frame_weights.to(self.device)
+        frame_loss = F.cross_entropy(
+            logits.flatten(0, 1), targets.flatten(), weight=weight, ignore_index=IGNORE
+        )
+        head_loss = frame_loss
+        B = len(targets)
+        if self.hparams.clip_loss > 0:
+            clip_loss = pooled_class_loss(logits, targets, batch["label"], self._emergency)
+            head_loss = frame_loss + self.hparams.clip_loss * clip_loss
+            self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
         lam = self.hparams.lam
         text_loss = self._text_loss(encoded.hidden, batch["transcript"]) if lam < 1 else 0.0
-        loss = lam * frame_loss + (1 - lam) * text_loss
-        B = len(targets)
+        loss = lam * head_loss + (1 - lam) * text_loss
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=B, sync_dist=True)
         self.log(f"{stage}/frame_loss", frame_loss, batch_size=B, sync_dist=True)
         if lam < 1:
             self.log(f"{stage}/text_loss", text_loss, batch_size=B, sync_dist=True)
-        return loss, encoded, logits.softmax(-1)
+        return loss, encoded, None if index is not None else logits.softmax(-1)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
@@ -257,11 +396,14 @@ class WhisperHeadModule(MemberModule):
         mask, B = batch["mask"], len(batch["label"])
         targets = batch["frame_labels"].masked_fill(~mask, IGNORE)
         self.timestep_acc[stage].update(frame_probs.argmax(-1), targets)
+        in_event = self._emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE)
+        self.event_acc[stage].update(frame_probs.argmax(-1), targets.masked_fill(~in_event, IGNORE))
         vote = self._p_emergency(frame_probs, mask) > self.hparams.threshold
         class_probs = clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote)
         self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
+        self.log(f"{stage}/event_timestep_acc", self.event_acc[stage], batch_size=B)
         self.log(f"{stage}/acc", self.clip_acc[stage], batch_size=B)
         self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=B)
         if stage == "test":
@@ -305,6 +447,7 @@ class WhisperHeadModule(MemberModule):
         cer = self._log_cer("test")
         extra = {
             "timestep_acc": float(self.timestep_acc["test"].compute()),
+            "event_timestep_acc": float(self.event_acc["test"].compute()),
             **cer,
         }
         write_test_report(
@@ -324,7 +467,7 @@ class WhisperHeadModule(MemberModule):
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, MemberOutput]:
         """`whisper_head` and `keyword_judge` outputs of the same encoder pass."""
         mask = batch["mask"]
-        encoded = self._encode(batch["wave"])
+        encoded = self._encode_wave(batch["wave"])
         with self._autocast():
             frame_probs = self.model.frame_logits(encoded).float().softmax(-1)  # (B, T, K + 1)
         p = self._p_emergency(frame_probs, mask)

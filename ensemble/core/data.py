@@ -161,6 +161,24 @@ class WindowDataset(Dataset):
             out[k] = self._window_label(clip, labels)
         return out
 
+    def frame_label_counts(self) -> np.ndarray:
+        """Valid timesteps per column `(K + 1,)` over every window, from the manifest alone;
+        unknown timesteps (`IGNORE_ID`) are not counted."""
+        counts = np.zeros(self.taxonomy.n_outputs, dtype=np.int64)
+        for ref in self.refs:
+            clip = self.clips.iloc[ref.clip]
+            labels, mask = timestep_labels(
+                clip["segments"],
+                self.taxonomy,
+                ref.start / SAMPLE_RATE,
+                ref.n_valid,
+                self.n_samples,
+                background_id(clip, self.taxonomy),
+            )
+            known = labels[mask & (labels >= 0)]
+            counts += np.bincount(known, minlength=self.taxonomy.n_outputs)
+        return counts
+
     def _window_label(self, clip: pd.Series, labels: np.ndarray) -> int:
         """The emergency class holding most timesteps of the window when one is there (an event
         anywhere makes the window an emergency), else the normal class holding most, else the

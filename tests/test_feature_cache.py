@@ -1,0 +1,185 @@
+"""The encoder-feature cache and the timestep head's losses, on a tiny random Whisper."""
+
+import shutil
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import soundfile as sf
+import torch
+
+from ensemble.core.data import AudioDataModule
+from whisper_head.cache import FeatureCache, file_digest, weights_digest
+from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
+from whisper_head.model import IGNORE, WhisperHeadConfig, WhisperHeadModel
+from whisper_head.module import WhisperHeadModule, clip_class_probs
+
+LAYERED = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0, layer_weights=True)
+
+
+def _module(cache, **kwargs) -> WhisperHeadModule:
+    kwargs = {"freeze": "all_but_head", "lam": 1.0, "cer_batches": 0, **kwargs}
+    return WhisperHeadModule(WhisperHeadModel(LAYERED), feature_cache=str(cache), **kwargs)
+
+
+@pytest.fixture
+def data(demo_manifest):
+    dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
+    dm.setup("fit")
+    return dm
+
+
+def test_cached_batch_gives_the_uncached_logits(data, tmp_path):
+    """The first pass computes and stores; the second reads back: both give the logits of the
+    encoder run on the waveform, to float16's precision."""
+    module = _module(tmp_path / "cache").eval()
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        direct = module.model.frame_logits(module._encode_wave(batch["wave"]))
+        first = module.model.frame_logits(module._encode(batch))
+        assert len(list((tmp_path / "cache").glob("*/*.npy"))) == len(batch["wave"])
+        cache = module.feature_cache()
+        hits = []
+        cache.get = lambda key, get=cache.get: hits.append(key) or get(key)
+        second = module.model.frame_logits(module._encode(batch))
+    assert len(hits) == len(batch["wave"])  # read back, not recomputed
+    torch.testing.assert_close(first, second)
+    torch.testing.assert_close(second, direct, rtol=1e-2, atol=1e-2)
+    assert not torch.equal(second, direct)  # it really went through float16
+
+
+def test_changed_audio_or_weights_miss_the_cache(data, tmp_path):
+    dataset = data.datasets["val"]
+    module = _module(tmp_path / "cache")
+    assert module.build_feature_cache(dataset) == len(dataset)
+    assert module.build_feature_cache(dataset) == 0  # all there
+    # a changed file: its windows get new keys, the others are still found
+    path = tmp_path / "clip.wav"
+    shutil.copy(dataset.clips["path"].iloc[0], path)
+    cache = module.feature_cache()
+    before = cache.key(path, 0, dataset.n_samples)
+    wave, sr = sf.read(path, dtype="float32")
+    sf.write(path, wave * 0.5, sr)
+    assert cache.key(path, 0, dataset.n_samples) != before
+    # other weights (a new checkpoint), other layers or another precision: another tag
+    other = _module(tmp_path / "cache")
+    with torch.no_grad():
+        other.model.encoder.layers[0].fc1.weight.add_(1e-3)
+    assert weights_digest(other.model.encoder) != weights_digest(module.model.encoder)
+    assert other.feature_cache().tag != cache.tag
+    assert other.build_feature_cache(dataset) == len(dataset)
+    digest = weights_digest(module.model.encoder)
+    tags = {
+        FeatureCache(tmp_path, digest, layers, precision).tag
+        for layers in ((0, 1), (1,))
+        for precision in ("fp32", "bf16")
+    }
+    assert len(tags) == 4
+
+
+def test_a_killed_build_resumes(data, tmp_path):
+    dataset = data.datasets["train"]
+    module = _module(tmp_path / "cache")
+    module.build_feature_cache(dataset)
+    entries = sorted((tmp_path / "cache").glob("*/*.npy"))
+    entries[0].unlink()
+    assert module.build_feature_cache(dataset) == 1
+    assert not list((tmp_path / "cache").glob("*/*.tmp.npy"))
+
+
+def test_trainable_encoder_has_no_cache(tmp_path):
+    assert _module(tmp_path, freeze="none").feature_cache() is None
+    assert _module(tmp_path).feature_cache() is not None
+    assert WhisperHeadModule(WhisperHeadModel(LAYERED)).feature_cache() is None
+
+
+def test_fit_from_the_cache(data, tmp_path):
+    """A fit builds the cache before its first epoch and trains the head from it; the
+    class-balanced weights come from the training split."""
+    module = _module(tmp_path / "cache", train_frames=64, clip_loss=1.0, class_balance=0.5)
+    head = [p.clone() for p in module.model.head.parameters()]
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, datamodule=data)
+    n_windows = len(data.datasets["train"]) + len(data.datasets["val"])
+    assert len(list((tmp_path / "cache").glob("*/*.npy"))) == n_windows
+    assert module.frame_weights is not None and module.frame_weights[0] == 0
+    assert any(
+        not torch.equal(a, b) for a, b in zip(head, module.model.head.parameters(), strict=True)
+    )
+    assert {"train/clip_loss", "val/event_timestep_acc"} <= set(trainer.callback_metrics)
+
+
+def test_file_digest_is_of_the_content(tmp_path):
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(b"x" * 10)
+    b.write_bytes(b"x" * 10)
+    assert file_digest(a) == file_digest(b)
+    b.write_bytes(b"y" * 11)
+    assert file_digest(a) != file_digest(b)
+
+
+def test_sample_frames_keeps_the_event_first():
+    emergency = torch.tensor([False, True, False])
+    targets = torch.full((2, 10), 2)
+    targets[0, 3:6] = 1
+    targets[1, 8:] = IGNORE  # padding
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 8:] = False
+    index = sample_frames(targets, mask, emergency, 4)
+    assert index.shape == (2, 4)
+    assert {3, 4, 5} <= set(index[0].tolist())
+    assert not {8, 9} & set(index[1].tolist())
+
+
+def test_pooled_class_loss_reads_the_vote_evidence():
+    """The loss is -log of the class probability `clip_class_probs` gives the window."""
+    torch.manual_seed(0)
+    emergency = torch.tensor([False, True, True, False, False])
+    logits = torch.randn(2, 6, 5)
+    targets = torch.tensor([[3, 3, 1, 1, 3, IGNORE], [4, 4, 3, 3, 4, 4]])
+    labels = torch.tensor([1, 4])
+    loss = pooled_class_loss(logits, targets, labels, emergency)
+    probs = logits.softmax(-1)
+    # window 0 (emergency): pooled over its emergency timesteps, as the vote's class would be
+    em_probs = clip_class_probs(
+        probs[:1, 2:4], torch.ones(1, 2, dtype=torch.bool), [1, 2], torch.tensor([True])
+    )
+    normal = clip_class_probs(
+        probs[1:], torch.ones(1, 6, dtype=torch.bool), [1, 2], torch.tensor([False])
+    )
+    expected = -(em_probs[0, 0].log() + normal[0, 3].log()) / 2
+    torch.testing.assert_close(loss, expected)
+
+
+def test_frame_weights_balance_the_classes():
+    w = frame_weights(torch.tensor([0, 100, 25, 0]), power=1.0)
+    assert w[0] == 0 and w[3] == 0
+    assert torch.isclose(w[2], 4 * w[1]) and torch.isclose(w[1:3].mean(), torch.tensor(1.0))
+    assert torch.allclose(frame_weights(torch.tensor([0, 100, 25]), 0.0)[1:], torch.ones(2))
+
+
+def test_layer_subset_and_cache_states():
+    config = WhisperHeadConfig("random:tiny", 8, layer_weights=True, layers=(0,), dropout=0.0)
+    model = WhisperHeadModel(config).eval()
+    assert model.head_layers == (0,) and model.cached_layers == (0, 1)
+    encoded = model.encode(torch.randn(1, 80, 3000))
+    states = model.cache_states(encoded)
+    assert states.shape == (1, 2, 1500, 16)
+    back = model.from_cache(states)
+    assert torch.equal(back.hidden, encoded.hidden) and torch.equal(back.states[0], states[:, 0])
+    index = torch.tensor([[0, 5, 7]])
+    torch.testing.assert_close(
+        model.frame_logits(encoded, index), model.frame_logits(encoded)[:, [0, 5, 7]]
+    )
+    with pytest.raises(ValueError, match="hidden states"):
+        WhisperHeadModel(WhisperHeadConfig("random:tiny", 8, layer_weights=True, layers=(5,)))
+    np.testing.assert_equal(model.cached_layers, (0, 1))

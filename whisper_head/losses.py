@@ -1,0 +1,52 @@
+"""The timestep head's training losses: class-balanced frame weights, the timesteps a training
+step scores, and the clip-level loss on pooled timesteps."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from whisper_head.model import IGNORE
+
+
+def frame_weights(counts: Tensor, power: float) -> Tensor:
+    """Class-balanced weights `(K + 1,)` from frame counts per column: `(n / n_c) ** power`,
+    normalised to mean 1 over the columns that occur; columns that never occur weigh 0."""
+    counts = counts.double()
+    seen = counts > 0
+    w = torch.zeros_like(counts)
+    w[seen] = (counts[seen].sum() / counts[seen]) ** power
+    return (w / w[seen].mean()).float() if seen.any() else w.float()
+
+
+def sample_frames(targets: Tensor, mask: Tensor, emergency: Tensor, k: int) -> Tensor:
+    """`k` timesteps per window `(B, k)` for the training loss: every emergency timestep first
+    (at random when there are more than `k`), then other valid ones at random, padding last."""
+    k = min(k, targets.shape[1])
+    em = emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE) & mask
+    priority = torch.rand(targets.shape, device=targets.device) + em + mask.float()
+    return priority.topk(k, dim=1).indices
+
+
+def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
+    """The clip-level loss on pooled timesteps, from the evidence the clip class is read from.
+
+    Logits `(B, k, K + 1)`, timestep targets `(B, k)` (IGNORE skipped), window labels `(B,)`. An
+    emergency window pools its emergency timesteps and is scored over the emergency columns; a
+    normal window pools its known timesteps and is scored over the normal columns: the negative
+    log of the window class's mean probability, renormalised over that block (`clip_class_probs`).
+    """
+    em = emergency.to(logits.device)
+    known = targets != IGNORE
+    window_em = em[labels]  # (B,)
+    frame_em = em[targets.clamp(min=0)] & known
+    pick = torch.where(window_em[:, None], frame_em, known)  # (B, k)
+    cols = torch.where(window_em[:, None], em[None], ~em[None])  # (B, K + 1)
+    cols[:, 0] = False
+    probs = logits.float().softmax(-1)
+    summed = (probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
+    p = summed.gather(1, labels[:, None])[:, 0] / summed.sum(1).clamp_min(1e-12)
+    ok = pick.any(1)
+    if not ok.any():
+        return logits.sum() * 0.0
+    return -p[ok].clamp_min(1e-8).log().mean()
