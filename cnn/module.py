@@ -11,13 +11,18 @@ import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy, MulticlassF1Score
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    MulticlassAccuracy,
+    MulticlassF1Score,
+)
 
 from cnn.augment import mixup, spec_augment
 from cnn.model import MelCNN
 from ensemble.core.audio import SAMPLES_PER_TIMESTEP, seconds_to_samples
 from ensemble.core.data import valid_samples
-from ensemble.core.labels import load_taxonomy
+from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.member import (
     MemberModule,
     MemberOutput,
@@ -51,6 +56,51 @@ def event_crops(
     return wave.gather(1, index)
 
 
+def crop_starts(n_valid: Tensor, crop: int, hop: int) -> tuple[Tensor, Tensor]:
+    """Start samples `(B, M)` of the crops that cover each window's audio, and which are real `(B, M)`.
+
+    `n_valid (B,)` samples of audio per window. Crops of `crop` samples start every `hop` samples;
+    the last one ends where the audio ends, so no crop reaches past it; a window no longer than a
+    crop is one crop from its start. Rows with fewer crops than M are padded with start 0, not real.
+    """
+    if crop < 1 or hop < 1:
+        raise ValueError(f"need crop, hop >= 1 samples, got {crop}, {hop}")
+    last = (n_valid.long() - crop).clamp(min=0)  # (B,) start of the crop that ends the audio
+    n = (last + hop - 1) // hop + 1  # (B,) crops per window
+    k = torch.arange(int(n.max()), device=n_valid.device)  # (M,)
+    real = k < n[:, None]
+    starts = (k * hop).minimum(last[:, None]).masked_fill(~real, 0)
+    return starts, real
+
+
+def pool_crops(probs: Tensor, real: Tensor, taxonomy: Taxonomy) -> tuple[Tensor, Tensor, Tensor]:
+    """Window class probabilities from its crops': `(B, M, K)`, `(B, M)` -> `(B, K)`, `(B,)`, `(B,)`.
+
+    `p_emergency` is the highest emergency probability of a crop (a short event decides its
+    window). The emergency columns are those of that crop, the normal ones the mean over the crops
+    of their normal distribution, scaled to `1 - p_emergency`: the rows sum to one and their
+    emergency columns to `p_emergency`. Also returns the deciding crop's index `(B,)`.
+    """
+    em = torch.zeros(probs.shape[-1], dtype=torch.bool, device=probs.device)
+    em[[i - 1 for i in taxonomy.emergency_ids]] = True
+    p_crop = probs[..., em].sum(dim=-1).masked_fill(~real, -1.0)  # (B, M)
+    p, best = p_crop.max(dim=1)  # (B,)
+    top = probs[torch.arange(len(best), device=probs.device), best]  # (B, K)
+    normal = probs * ~em
+    normal = normal / normal.sum(dim=-1, keepdim=True).clamp(min=1e-12)  # (B, M, K)
+    normal = (normal * real[..., None]).sum(dim=1) / real.sum(dim=1, keepdim=True)  # (B, K)
+    class_probs = torch.where(em, top, (1 - p)[:, None] * normal)
+    return class_probs, p, best
+
+
+def vote_class(class_probs: Tensor, vote: Tensor, taxonomy: Taxonomy) -> Tensor:
+    """Column of the most probable emergency class where `vote`, else of the normal one: `(B,)`."""
+    em = torch.zeros(class_probs.shape[-1], dtype=torch.bool, device=class_probs.device)
+    em[[i - 1 for i in taxonomy.emergency_ids]] = True
+    side = em[None, :] == vote[:, None]  # (B, K) the columns on the vote's side
+    return class_probs.masked_fill(~side, -1.0).argmax(dim=1)
+
+
 def cosine_with_warmup(
     opt: torch.optim.Optimizer, n_steps: int | float, warmup: float = 0.05
 ) -> torch.optim.lr_scheduler.LambdaLR:
@@ -73,8 +123,14 @@ class CNNModule(MemberModule):
 
     Targets are taxonomy ids 1..K (column k of the logits is id k + 1). `class_weights="balanced"`
     weighs the loss by N / (K * count) from the train split's window labels. Validation and test log
-    `stage/acc`, `stage/binary_acc` (of the emergency vote, `p_emergency > threshold`) and `stage/macro_f1`; the test also writes
+    `stage/acc`, `stage/binary_acc` (of the emergency vote, `p_emergency > threshold`), `stage/auc` (of
+    `p_emergency`) and `stage/macro_f1`; the test also writes
     `test_metrics.json` and `test_confusion.png` (scikit-learn) next to the logs.
+
+    `scoring` is how validation, test and prediction score a window: "windows" runs the model once
+    over the whole window (max + mean over its time steps); "crops" runs it on `crop_s` pieces every
+    `crop_hop_s` (default `crop_s / 2`) seconds, the pieces it trains on, and pools them with
+    `pool_crops`; the predicted class then lies on the side of the vote (`vote_class`).
     """
 
     model_class = MelCNN
@@ -90,6 +146,8 @@ class CNNModule(MemberModule):
         lr_schedule: Literal["constant", "cosine"] = "cosine",
         crop_s: float | None = 10.0,
         threshold: float = 0.5,
+        scoring: Literal["windows", "crops"] = "windows",
+        crop_hop_s: float | None = None,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -101,6 +159,12 @@ class CNNModule(MemberModule):
             raise ValueError(
                 f"need mixup_alpha >= 0 and 0 < threshold < 1, got {mixup_alpha}, {threshold}"
             )
+        if scoring not in ("windows", "crops"):
+            raise ValueError(f"scoring must be 'windows' or 'crops', got {scoring!r}")
+        if scoring == "crops" and not (crop_s and crop_s > 0):
+            raise ValueError(f"scoring='crops' needs crop_s > 0, got {crop_s}")
+        if crop_hop_s is not None and crop_hop_s <= 0:
+            raise ValueError(f"crop_hop_s must be positive, got {crop_hop_s}")
         self.optimizer = optimizer
         self.register_buffer("class_weight", torch.ones(K))
         metrics = MetricCollection(
@@ -113,7 +177,8 @@ class CNNModule(MemberModule):
             {s: metrics.clone(prefix=f"{s}/") for s in ("val", "test")}
         )
         self.binary = torch.nn.ModuleDict({s: BinaryAccuracy() for s in ("val", "test")})
-        self._test: list[tuple[Tensor, Tensor]] = []
+        self.auc = torch.nn.ModuleDict({s: BinaryAUROC() for s in ("val", "test")})
+        self._test: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def configure_optimizers(self):
         if self.optimizer is not None:
@@ -161,19 +226,50 @@ class CNNModule(MemberModule):
     def _ce(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits, y, weight=self.class_weight)
 
+    def score(self, wave: Tensor, n_valid: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Class probabilities `(B, K)`, `p_emergency (B,)`, predicted column `(B,)`, embedding `(B, D)`.
+
+        `wave (B, N)` with `n_valid (B,)` samples of audio per row, scored as `scoring` says.
+        """
+        if self.hparams.scoring == "windows":
+            out = self.model(wave, n_valid)
+            probs = out.logits.softmax(dim=1)
+            return (
+                probs,
+                emergency_probability(probs, self.taxonomy),
+                probs.argmax(1),
+                out.embedding,
+            )
+        crop = min(seconds_to_samples(self.hparams.crop_s), wave.shape[1])
+        hop_s = self.hparams.crop_hop_s or self.hparams.crop_s / 2
+        starts, real = crop_starts(n_valid, crop, max(seconds_to_samples(hop_s), 1))  # (B, M)
+        rows = torch.arange(len(wave), device=wave.device)[:, None].expand_as(starts)[real]
+        index = starts[real][:, None] + torch.arange(crop, device=wave.device)  # (C, crop)
+        n_crop = (n_valid[rows] - starts[real]).clamp(1, crop)  # (C,) audio in each crop
+        out = self.model(wave[rows[:, None], index], n_crop)
+        probs = wave.new_zeros(*real.shape, out.logits.shape[1])  # (B, M, K)
+        probs[real] = out.logits.softmax(dim=1).to(probs.dtype)
+        class_probs, p, best = pool_crops(probs, real, self.taxonomy)
+        emb = out.embedding.new_zeros(*real.shape, out.embedding.shape[1])
+        emb[real] = out.embedding
+        embedding = emb[torch.arange(len(best), device=best.device), best]  # the deciding crop's
+        pred = vote_class(class_probs, p > self.hparams.threshold, self.taxonomy)
+        return class_probs, p, pred, embedding
+
     def _eval_step(self, batch: dict, stage: str) -> tuple[Tensor, Tensor]:
         """Logs loss, 19-class metrics and the accuracy of the emergency vote; (pred, p) `(B,)`."""
         y = batch["label"] - 1
-        logits = self.model(batch["wave"], valid_samples(batch["mask"])).logits
-        loss = self._ce(logits, y)
-        pred = logits.argmax(dim=1)
-        p = emergency_probability(logits.softmax(dim=1), self.taxonomy)
+        probs, p, pred, _ = self.score(batch["wave"], valid_samples(batch["mask"]))
+        loss = F.nll_loss(probs.clamp(min=1e-12).log(), y, weight=self.class_weight)
         self.metrics[stage].update(pred, y)
         vote = p > self.hparams.threshold
-        self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
+        is_emergency = emergency_targets(batch["label"], self.taxonomy)
+        self.binary[stage].update(vote, is_emergency)
+        self.auc[stage].update(p, is_emergency.long())
         self.log(f"{stage}/loss", loss, batch_size=len(y), sync_dist=True)
         self.log_dict(self.metrics[stage], batch_size=len(y))
         self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=len(y))
+        self.log(f"{stage}/auc", self.auc[stage], batch_size=len(y))
         return pred + 1, p
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -198,12 +294,10 @@ class CNNModule(MemberModule):
         )
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> MemberOutput:
-        out = self.model(batch["wave"], valid_samples(batch["mask"]))
-        probs = out.logits.softmax(dim=1)  # (B, K)
-        p = emergency_probability(probs, self.taxonomy)
+        probs, p, _, embedding = self.score(batch["wave"], valid_samples(batch["mask"]))
         return MemberOutput(
             p_emergency=p,
             vote=p > self.hparams.threshold,
             class_probs=probs,
-            embedding=out.embedding,
+            embedding=embedding,
         )

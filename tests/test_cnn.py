@@ -12,12 +12,13 @@ import torch
 import whisper
 
 from cnn.augment import mixup, spec_augment
-from cnn.model import LogMel, MelCNN, MelCNNConfig
-from cnn.module import CNNModule, event_crops
+from cnn.model import CNNOutput, LogMel, MelCNN, MelCNNConfig
+from cnn.module import CNNModule, crop_starts, event_crops, pool_crops, vote_class
 from cnn.relevance import explain_files, relevance_map
 from cnn.relevance import main as relevance_main
 from ensemble.core.audio import N_SAMPLES
 from ensemble.core.data import AudioDataModule
+from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import MemberOutput, load_member
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,6 +103,92 @@ def test_event_crops_hold_the_event_and_stay_in_the_audio():
     assert first.unique().numel() > 10  # at random places
 
 
+def test_crop_starts_cover_the_audio_and_stay_inside_it():
+    """10 s crops every 5 s: the last one ends with the audio; a short window is one crop."""
+    s = 16000
+    n_valid = torch.tensor([30 * s, 12 * s, 10 * s, 4 * s, 25 * s])
+    starts, real = crop_starts(n_valid, crop=10 * s, hop=5 * s)
+    assert starts.shape == real.shape == (5, 5)
+    want = [[0, 5, 10, 15, 20], [0, 2], [0], [0], [0, 5, 10, 15]]
+    for row, (st, r, n) in enumerate(zip(starts, real, n_valid, strict=True)):
+        assert (st[r] / s).tolist() == want[row], row
+        assert (st[~r] == 0).all()
+        ends = st[r] + 10 * s
+        if n >= 10 * s:  # every crop inside the audio, the last one ending with it
+            assert (ends <= n).all() and ends[-1] == n
+    with pytest.raises(ValueError):
+        crop_starts(n_valid, crop=0, hop=1)
+
+
+def test_pool_crops_keeps_class_evidence_consistent_with_the_vote():
+    tax = load_taxonomy(None)
+    em = torch.zeros(19, dtype=torch.bool)
+    em[[i - 1 for i in tax.emergency_ids]] = True
+    torch.manual_seed(0)
+    probs = torch.randn(3, 4, 19).mul(3).softmax(dim=-1)
+    real = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    probs[1, 2:] = 0.0  # not real: must not count
+    class_probs, p, best = pool_crops(probs, real, tax)
+    p_crop = probs[..., em].sum(-1)
+    for b in range(3):
+        assert p[b] == p_crop[b, real[b]].max() and real[b, best[b]]
+        torch.testing.assert_close(class_probs[b, em], probs[b, best[b], em])
+        normal = probs[b, real[b]][:, ~em]
+        normal = (normal / normal.sum(-1, keepdim=True)).mean(0) * (1 - p[b])
+        torch.testing.assert_close(class_probs[b, ~em], normal)
+    torch.testing.assert_close(class_probs.sum(-1), torch.ones(3))
+    torch.testing.assert_close(class_probs[:, em].sum(-1), p)
+    # a window with one crop is that crop
+    torch.testing.assert_close(class_probs[2], probs[2, 0])
+    # the predicted class lies on the vote's side
+    vote = torch.tensor([True, False, True])
+    pred = vote_class(class_probs, vote, tax)
+    assert em[pred].tolist() == vote.tolist()
+    assert pred[1] == class_probs[1].masked_fill(em, -1).argmax()
+
+
+class LoudnessCNN(MelCNN):
+    """Fire's logit 80 * (mean power of the audio it is given - 0.2) against indoor's 0, the other
+    classes out: a loud sound is an alarm."""
+
+    def forward(self, wave, n_valid=None):
+        n = torch.full((len(wave),), wave.shape[1]) if n_valid is None else n_valid
+        valid = torch.arange(wave.shape[1]) < n[:, None]
+        power = (wave.square() * valid).sum(1) / n
+        logits = torch.full((len(wave), 19), -30.0)
+        logits[:, 7] = 80 * (power - 0.2)  # fire
+        logits[:, 14] = 0.0  # indoor
+        return CNNOutput(logits, power[:, None].expand(-1, TINY.emb_dim))
+
+
+def test_crop_scoring_finds_a_short_event_that_a_whole_window_dilutes():
+    """A 3 s loud sound in 30 s of quiet: whole-window scoring averages it away, crops do not."""
+    s = 16000
+    wave = torch.full((3, 30 * s), 0.05)  # power 0.0025
+    wave[0, 17 * s : 20 * s] = 1.0  # power 1 for 3 s: about 0.1 in the window, 0.3 in a 10 s crop
+    wave[1, 12 * s :] = 1.0  # loud padding after 12 s of quiet audio: never scored
+    n_valid = torch.tensor([30 * s, 12 * s, 7 * s])  # the third: shorter than a crop
+    mask = torch.arange(1500) < (n_valid // 320)[:, None]
+    batch = {"wave": wave, "mask": mask}
+    out = {}
+    for scoring in ("windows", "crops"):
+        module = CNNModule(LoudnessCNN(TINY), scoring=scoring, crop_s=10.0).eval()
+        out[scoring] = module.predict_step(batch)
+        assert isinstance(out[scoring], MemberOutput)
+        assert out[scoring].class_probs.shape == (3, 19) and out[scoring].embedding.shape == (3, 8)
+    windows, crops = out["windows"], out["crops"]
+    assert windows.p_emergency[0] < 0.5 < 0.99 < crops.p_emergency[0]
+    assert crops.vote.tolist() == [True, False, False] and not windows.vote.any()
+    assert crops.class_probs[0].argmax() == 7  # the class of the loud crop
+    assert crops.embedding[0, 0] == pytest.approx(0.3 + 0.7 * 0.0025, rel=1e-4)  # the loud crop's
+    assert crops.p_emergency[1] < 0.01 and crops.p_emergency[2] < 0.01
+    torch.testing.assert_close(crops.p_emergency[2], windows.p_emergency[2])  # one crop = window
+    with pytest.raises(ValueError, match="crop_s"):
+        CNNModule(MelCNN(TINY), scoring="crops", crop_s=None)
+    with pytest.raises(ValueError, match="scoring"):
+        CNNModule(MelCNN(TINY), scoring="frames")
+
+
 def test_config_checks_its_values():
     with pytest.raises(ValueError, match="widths"):
         MelCNNConfig(widths=())
@@ -159,8 +246,9 @@ def test_test_stage_writes_sklearn_metrics_and_confusion(demo_manifest, tmp_path
     assert (out / "test_confusion.png").stat().st_size > 10_000
 
 
-def test_checkpoint_rebuilds_and_predicts_identically(demo_manifest, tmp_path):
-    module = _module(threshold=0.3)
+@pytest.mark.parametrize("scoring", ["windows", "crops"])
+def test_checkpoint_rebuilds_and_predicts_identically(demo_manifest, tmp_path, scoring):
+    module = _module(threshold=0.3, scoring=scoring)
     data = _data(demo_manifest, predict_split="val")
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=1)
     trainer.fit(module, datamodule=data)
@@ -173,6 +261,7 @@ def test_checkpoint_rebuilds_and_predicts_identically(demo_manifest, tmp_path):
         for loaded in (CNNModule.from_checkpoint(path), load_member(path)):
             got = loaded.predict_step(batch)
             assert isinstance(got, MemberOutput) and loaded.hparams.threshold == 0.3
+            assert loaded.hparams.scoring == scoring
             for name in ("p_emergency", "vote", "class_probs", "embedding"):
                 assert torch.equal(getattr(got, name), getattr(want, name)), name
     assert want.class_probs.shape == (4, 19)
