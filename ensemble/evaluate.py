@@ -281,6 +281,10 @@ def score_one(
         out |= cer_metrics(
             [m.clip["transcript"] for m in matched], [m.row.get("transcript") for m in matched]
         )
+        # a judge of words must stay silent where nothing is said
+        silent = [i for i in voted if not str(matched[i].clip.get("transcript") or "").strip()]
+        out["n_speechless"] = len(silent)
+        out["speechless_votes"] = int(sum(bool(matched[i].row[vote_k]) for i in silent))
 
     arrays = {"roc": (y[scored], s), "classes": (y_cls, p_cls) if has_classes else None}
     return out, arrays
@@ -500,6 +504,13 @@ def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
         "Bootstrap 95 % intervals (files resampled 1000 times):",
         "",
         interval_table(metrics),
+        "",
+        *(
+            f"{name}: {m['speechless_votes']} emergency vote(s) on {m['n_speechless']} clips "
+            "without speech"
+            for name, m in metrics["members"].items()
+            if "speechless_votes" in m
+        ),
         "",
         "Plots: " + (", ".join(metrics["plots"]) or "none"),
     ]

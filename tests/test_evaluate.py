@@ -191,6 +191,9 @@ def test_cer_goes_to_the_keyword_judge(result):
     # 불→부 and 이→리 over 11 characters; with spaces also the inserted one, over 12
     assert judge["cer_nospace"] == pytest.approx(2 / 11) and judge["cer"] == pytest.approx(3 / 12)
     assert math.isnan(m["ensemble"]["cer"]) and math.isnan(m["members"]["cnn"]["cer"])
+    # c and d say nothing; the judge votes emergency on d (0.75)
+    assert judge["n_speechless"] == 2 and judge["speechless_votes"] == 1
+    assert "speechless_votes" not in m["members"]["cnn"]
 
 
 def test_output_files(result):
@@ -209,6 +212,7 @@ def test_output_files(result):
     assert table[6].startswith("| ensemble | 0.500 |")
     assert table[-1].startswith("| ensemble | 0.500 [") and "acc19 on identifiable" in table[7]
     assert "| anomaly | – | – |" in report
+    assert "keyword_judge: 1 emergency vote(s) on 2 clips without speech" in report
     assert "4 files evaluated" in report and "1 errors" in report and "elsewhere/zzz.wav" in report
 
 

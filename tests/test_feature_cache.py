@@ -46,6 +46,16 @@ def test_cached_batch_gives_the_uncached_logits(data, tmp_path):
     torch.testing.assert_close(first, second)
     torch.testing.assert_close(second, direct, rtol=1e-2, atol=1e-2)
     assert not torch.equal(second, direct)  # it really went through float16
+    # training reads only the timesteps it scores, and the last layer for the decoder
+    index = torch.tensor([[3, 1, 7], [0, 2, 4]])[: len(batch["wave"])]
+    with torch.no_grad():
+        picked = module._encode(batch, index)
+        assert picked.states[0].shape[1] == 3 and picked.hidden.shape[1] == 1500
+        torch.testing.assert_close(
+            module.model.frame_logits(picked, index),
+            second.gather(1, index[..., None].expand(-1, -1, second.shape[-1])),
+        )
+        assert module._encode(batch, index, hidden=False).hidden is None
 
 
 def test_changed_audio_or_weights_miss_the_cache(data, tmp_path):
@@ -116,6 +126,27 @@ def test_fit_from_the_cache(data, tmp_path):
         not torch.equal(a, b) for a, b in zip(head, module.model.head.parameters(), strict=True)
     )
     assert {"train/clip_loss", "val/event_timestep_acc"} <= set(trainer.callback_metrics)
+    # every window cached: the loaders stop reading audio, the labels stay the same
+    train = data.datasets["train"]
+    assert not train.read_audio and train[0]["wave"].shape == (0,)
+    train.read_audio = True
+    item = train[0]
+    train.read_audio = False
+    assert torch.equal(item["mask"], train[0]["mask"])
+    assert torch.equal(item["frame_labels"], train[0]["frame_labels"])
+
+
+def test_bf16_features_from_the_cache_at_evaluation(data, tmp_path):
+    """bfloat16 encoder features (another cache entry than float32's) feed the head under
+    the evaluation's autocast."""
+    module = _module(tmp_path / "cache", cpu_bf16=True).eval()
+    module.log = lambda *args, **kwargs: None  # no trainer here
+    assert module.feature_cache().tag != _module(tmp_path / "cache").feature_cache().tag
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        module._step(batch, "val")  # computes and stores
+        loss, _, probs = module._step(batch, "val")  # reads back
+    assert torch.isfinite(loss) and probs.shape[:2] == batch["mask"].shape
 
 
 def test_file_digest_is_of_the_content(tmp_path):
@@ -183,3 +214,26 @@ def test_layer_subset_and_cache_states():
     with pytest.raises(ValueError, match="hidden states"):
         WhisperHeadModel(WhisperHeadConfig("random:tiny", 8, layer_weights=True, layers=(5,)))
     np.testing.assert_equal(model.cached_layers, (0, 1))
+
+
+def test_lam_only_scales_separate_gradients_with_a_frozen_encoder(data, tmp_path):
+    """With the encoder frozen the head and the decoder share no parameter, and AdamW's step does
+    not depend on a gradient's scale: one step at lam 0.2 and at 0.8 moves every weight alike."""
+    batch = next(iter(data.train_dataloader()))
+    after = []
+    for lam in (0.2, 0.8):
+        torch.manual_seed(0)
+        module = _module(tmp_path / "cache", freeze="encoder", lam=lam, language=None)
+        module.log = lambda *args, **kwargs: None
+        opt = module.configure_optimizers()
+        module._step(batch, "val")[0].backward()  # "val": no dropout draws differ
+        opt.step()
+        after.append({n: p.detach().clone() for n, p in module.named_parameters()})
+    torch.manual_seed(0)
+    start = _module(tmp_path).state_dict()
+    step = [{n: p - start[n] for n, p in a.items()} for a in after]
+    assert step[0]["model.head.layers.1.weight"].abs().max() > 0
+    assert any(".decoder." in n and step[0][n].abs().max() > 0 for n in step[0])
+    # the same step but where a gradient is as small as AdamW's eps (rare tokens' embeddings)
+    a, b = (torch.cat([d.flatten() for d in s.values()]) for s in step)
+    assert (a - b).norm() < 0.05 * a.norm()

@@ -113,13 +113,24 @@ class FeatureCache:
         np.save(tmp, array)
         os.replace(tmp, f)
 
-    def load(self, keys: Sequence[str]) -> torch.Tensor:
-        """The entries of a batch stacked `(B, S, T, D)` float16; every key must be present."""
+    def load(
+        self, keys: Sequence[str], index: torch.Tensor | None = None, layers: slice = slice(None)
+    ) -> torch.Tensor:
+        """The entries of a batch stacked `(B, S, T, D)` float16; every key must be present.
+
+        `index (B, k)`: only those timesteps of each window, `(B, S, k, D)`, read from the
+        memory map without reading the rest; `layers`: only those stored layers.
+        """
         arrays = [self.get(k) for k in keys]
         missing = [k for k, a in zip(keys, arrays, strict=True) if a is None]
         if missing:
             raise KeyError(f"{len(missing)} window(s) not in the feature cache {self.root}")
-        return torch.from_numpy(np.stack(arrays))
+        if index is None:
+            return torch.from_numpy(np.stack([a[layers] for a in arrays]))
+        rows = index.cpu().numpy()
+        return torch.from_numpy(
+            np.stack([a[layers][:, r] for a, r in zip(arrays, rows, strict=True)])
+        )
 
     def size_bytes(self) -> int:
         """Bytes of every entry under `root` (all weights and layer sets)."""

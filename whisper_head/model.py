@@ -35,6 +35,9 @@ class WhisperHeadConfig:
     layer_weights: bool = False  # learned softmax-weighted sum over encoder hidden states
     # the hidden states that sum mixes (0: the embeddings, L: the last layer); None: all L + 1
     layers: tuple[int, ...] | None = None
+    # each mixed hidden state layer-normalised first (no parameters): the residual stream inside
+    # the encoder has a few channels in the hundreds, its last layer is normalised already
+    layer_norm: bool = False
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -81,8 +84,10 @@ def build_backbone(source: str) -> WhisperForConditionalGeneration:
 
 
 class Encoded(NamedTuple):
-    hidden: Tensor  # (B, 1500, D): the encoder's output, what the decoder attends to
+    hidden: Tensor | None  # (B, 1500, D): the encoder's output, what the decoder attends to
     states: tuple[Tensor, ...] | None  # the head's layers (B, 1500, D) when layers are weighted
+    # set when `states` hold only these timesteps `(B, k)` (read so from a feature cache)
+    index: Tensor | None = None
 
 
 class TimestepHead(nn.Module):
@@ -144,23 +149,44 @@ class WhisperHeadModel(nn.Module):
         by_layer[self.cached_layers[-1]] = encoded.hidden
         return torch.stack([by_layer[i] for i in self.cached_layers], dim=1)
 
-    def from_cache(self, states: Tensor) -> Encoded:
-        """`Encoded` from cached states `(B, S, T, D)` (see `cache_states`)."""
+    def from_cache(
+        self, states: Tensor, index: Tensor | None = None, hidden: Tensor | None = None
+    ) -> Encoded:
+        """`Encoded` from cached states `(B, S, T, D)` (see `cache_states`); with `index`, the
+        states hold only those timesteps `(B, k)` and `hidden` is the full last layer (or None
+        where no decoder reads it)."""
         if states.shape[1] != len(self.cached_layers):
             raise ValueError(f"{states.shape[1]} cached layers, expected {self.cached_layers}")
         by_layer = dict(zip(self.cached_layers, states.unbind(1), strict=True))
         head = tuple(by_layer[i] for i in self.head_layers) if self.config.layer_weights else None
-        return Encoded(by_layer[self.cached_layers[-1]], head)
+        # kept in the cache's float16 until `frame_logits` picks the timesteps it scores
+        if index is None:
+            return Encoded(by_layer[self.cached_layers[-1]], head)
+        if not self.config.layer_weights:
+            raise ValueError("timesteps are read from the cache for the layer mix only")
+        return Encoded(hidden, head, index)
 
     def frame_logits(self, encoded: Encoded, index: Tensor | None = None) -> Tensor:
         """`Encoded` -> logits `(B, 1500, K)`, column 0 = none; with `index (B, k)` only at those
         timesteps: `(B, k, K)`."""
-        x = encoded.hidden  # (B, T, D)
+        dtype = self.head.layers[1].weight.dtype
+        if encoded.index is not None:  # the states are those timesteps already
+            if index is not None and not torch.equal(index, encoded.index):
+                raise ValueError("the states hold other timesteps than asked for")
+            index = None
+
+        def pick(t: Tensor) -> Tensor:  # (B, T, D) -> (B, k, D) in the head's dtype
+            if index is not None:  # cached states stay float16 until only these are left
+                t = t.gather(1, index[..., None].expand(-1, -1, t.shape[-1]))
+            t = t.to(dtype)
+            return F.layer_norm(t, t.shape[-1:]) if self.config.layer_norm else t
+
         if self.config.layer_weights:
             w = self.layer_logits.softmax(0)  # (len(head_layers),)
-            x = torch.einsum("l,lbtd->btd", w.to(x.dtype), torch.stack(encoded.states))
-        if index is not None:
-            x = x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+            states = torch.stack([pick(t) for t in encoded.states])  # (L, B, k, D)
+            x = torch.einsum("l,lbtd->btd", w.to(states.dtype), states)
+        else:
+            x = pick(encoded.hidden)
         return self.head(x)
 
     def forward(self, mel: Tensor) -> Tensor:

@@ -1,14 +1,15 @@
 """Training and prediction of the Whisper member: timestep head + decoder, one encoder pass.
 
-Loss: `lam * CE(frames) + (1 - lam) * CE(text)`; frame targets are taxonomy ids 0..K (0 = none),
-padding timesteps (mask False) skipped; text targets are the tokenised transcripts after the prompt
-`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`.
+Loss: `lam * (CE(frames) + clip_loss * CE(clip)) + (1 - lam) * CE(text)`. Frame targets are
+taxonomy ids 0..K (0 = none), padding and unknown timesteps (`IGNORE`) skipped, optionally
+class-balanced; the clip term scores the window's class from its pooled timesteps as
+`clip_class_probs` reads it; text targets are the tokenised transcripts after the prompt
+`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`. With a frozen encoder, the head and
+the decoder share no parameter, so `lam` only scales two separate gradients (see the README).
 
-Clip class: the class with the largest summed probability over the window's event frames (valid
-timesteps whose most probable column is not none), or over all valid timesteps when there is none.
-`p_emergency`: the summed emergency probability of each timestep, smoothed by a moving average of
-`smooth_steps` timesteps, maximum over valid timesteps.
-"""
+Clip class: from the same evidence as the vote (`clip_class_probs`). `p_emergency`: the summed
+emergency probability of each timestep, smoothed by a moving average of `smooth_steps` timesteps,
+maximum over valid timesteps."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
-from ensemble.core.audio import seconds_to_timesteps
+from ensemble.core.audio import SAMPLES_PER_TIMESTEP, seconds_to_timesteps
 from ensemble.core.data import collate
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import (
@@ -120,10 +121,21 @@ class WhisperHeadModule(MemberModule):
     `test_metrics.json` and `test_confusion.png`. Prediction events are runs of one class of at
     least `min_event_s` over the smoothed timestep probabilities.
 
+    Training from cached features: `feature_cache` (a folder; None: off) stores the frozen
+    encoder's outputs once per window (`whisper_head.cache`; built for train and val at fit start,
+    for test at test start, with a progress bar; resumable) and every epoch reads them back; a
+    trainable encoder ("none") always runs on the audio. `train_frames`: timesteps per window the
+    training loss scores (emergency ones first, `losses.sample_frames`), read alone from the
+    cache; `class_balance`: the frame loss weighs column c by (n / n_c) ** class_balance (counts
+    of the training split); `clip_loss`: weight of the clip loss on pooled timesteps
+    (`losses.pooled_class_loss`, the evidence the clip class is read from); `speechless_text`:
+    share of windows without speech the text loss keeps in training (all with speech are kept).
+
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
     and test keep `generate`, whose weights follow training), "transformers" with `generate`; `speech_gate` skips decoding windows whose no-speech probability is above it;
-    `cpu_bf16` runs the encoder and head in bfloat16 on CPU (on GPU they always do).
+    `cpu_bf16` runs the encoder and head in bfloat16 on CPU at prediction (on GPU they always
+    do), and computes the cached features in bfloat16; "auto": when the CPU has native bfloat16.
     """
 
     model_class = WhisperHeadModel
@@ -152,6 +164,7 @@ class WhisperHeadModule(MemberModule):
         train_frames: int | None = None,
         clip_loss: float = 0.0,
         class_balance: float = 0.0,
+        speechless_text: float = 1.0,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -168,6 +181,8 @@ class WhisperHeadModule(MemberModule):
                 f"bad train_frames {train_frames}, clip_loss {clip_loss}, "
                 f"class_balance {class_balance}"
             )
+        if not 0 <= speechless_text <= 1:
+            raise ValueError(f"speechless_text must lie in [0, 1], got {speechless_text}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
         if freeze not in ("encoder", "none", "all_but_head"):
@@ -280,21 +295,30 @@ class WhisperHeadModule(MemberModule):
             states = self.model.cache_states(self.model.encode(log_mel(wave)))
         return states.half()
 
-    def _encode(self, batch: dict) -> Encoded:
+    def _encode(self, batch: dict, index: Tensor | None = None, hidden: bool = True) -> Encoded:
         """A batch's `Encoded`: from the feature cache when there is one (missing windows are
-        computed and stored), else from the waveform."""
+        computed and stored), else from the waveform. With `index (B, k)` and the whole batch
+        cached, the head's states are read at those timesteps only, and the last layer
+        (the decoder's input) only when `hidden`."""
         cache = self.feature_cache()
         if cache is None:
             return self._encode_wave(batch["wave"])
-        keys = cache.keys(batch["path"], batch["start_s"], batch["wave"].shape[1])
+        n_samples = batch["mask"].shape[1] * SAMPLES_PER_TIMESTEP  # the window, padding included
+        keys = cache.keys(batch["path"], batch["start_s"], n_samples)
         if all(k in cache for k in keys):
-            states = cache.load(keys).to(self.device)
-        else:
-            states = self._encode_for_cache(batch["wave"])
-            for k, st in zip(keys, states, strict=True):
-                if k not in cache:
-                    cache.put(k, st)
-        return self.model.from_cache(states.float())
+            if index is not None and self.model.config.layer_weights:
+                states = cache.load(keys, index).to(self.device)
+                last = cache.load(keys, layers=slice(-1, None))[:, 0] if hidden else None
+                last = None if last is None else last.to(self.device)
+                return self.model.from_cache(states, index, last)
+            return self.model.from_cache(cache.load(keys).to(self.device))
+        if batch["wave"].shape[1] != n_samples:
+            raise RuntimeError(f"windows missing from the feature cache {cache.root}, no audio")
+        states = self._encode_for_cache(batch["wave"])
+        for k, st in zip(keys, states, strict=True):
+            if k not in cache:
+                cache.put(k, st)
+        return self.model.from_cache(states)
 
     def build_feature_cache(self, dataset, desc: str = "encoder features") -> int:
         """Fill the cache with every window of a `WindowDataset` not in it yet, with a progress
@@ -308,6 +332,7 @@ class WhisperHeadModule(MemberModule):
         if not todo:
             return 0
         batch_size = 8 if self.device.type == "cuda" else 4
+        dataset.read_audio = True
         loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate)
         bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)")
         done = 0
@@ -329,6 +354,9 @@ class WhisperHeadModule(MemberModule):
                     n = self.build_feature_cache(datasets[split], f"{split} encoder features")
                     log.info("feature cache: %d %s windows computed", n, split)
         self.trainer.strategy.barrier()
+        for split in splits:  # every window is cached now: the loaders need not read audio
+            if split in datasets:
+                datasets[split].read_audio = False
 
     def on_fit_start(self) -> None:
         """Builds the train and val feature caches; sets the class-balanced frame weights."""
@@ -344,6 +372,16 @@ class WhisperHeadModule(MemberModule):
         self._build_caches(("test",))
 
     def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
+        if self.training and self.hparams.speechless_text < 1:
+            # every window with speech; a share of the silent ones (which teach "say nothing")
+            keep = [
+                bool(t.strip()) or float(torch.rand(())) < self.hparams.speechless_text
+                for t in transcripts
+            ]
+            if not any(keep):
+                return hidden.sum() * 0.0
+            hidden = hidden[torch.tensor(keep, device=hidden.device)]
+            transcripts = [t for t, k in zip(transcripts, keep, strict=True) if k]
         tok = self.tokenizer
         texts = [tok.encode(" " + unicodedata.normalize("NFC", t).strip()) for t in transcripts]
         texts = [t if s.strip() else [] for t, s in zip(texts, transcripts, strict=True)]
@@ -354,12 +392,13 @@ class WhisperHeadModule(MemberModule):
         ]
         input_ids, labels = text_targets(prompts, texts, tok.eot)
         with self._autocast():
-            return self.model.text_loss(hidden, input_ids.to(self.device), labels.to(self.device))
+            return self.model.text_loss(
+                hidden.float(), input_ids.to(self.device), labels.to(self.device)
+            )
 
     def _step(self, batch: dict, stage: str) -> tuple[Tensor, Encoded, Tensor | None]:
         """Loss, encoder outputs and frame probabilities `(B, 1500, K + 1)` (None in training
         when only `train_frames` timesteps per window are scored); logs losses."""
-        encoded = self._encode(batch)
         targets = batch["frame_labels"].masked_fill(~batch["mask"], IGNORE)  # (B, T)
         index = None
         if stage == "train" and self.hparams.train_frames is not None:
@@ -367,6 +406,8 @@ class WhisperHeadModule(MemberModule):
                 targets, batch["mask"], self._emergency, self.hparams.train_frames
             )
             targets = targets.gather(1, index)
+        lam = self.hparams.lam
+        encoded = self._encode(batch, index, hidden=lam < 1)
         with self._autocast():
             logits = self.model.frame_logits(encoded, index).float()  # (B, T or k, K + 1)
         weight = None if self.frame_weights is None else self.frame_weights.to(self.device)
@@ -379,7 +420,6 @@ class WhisperHeadModule(MemberModule):
             clip_loss = pooled_class_loss(logits, targets, batch["label"], self._emergency)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
             self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
-        lam = self.hparams.lam
         text_loss = self._text_loss(encoded.hidden, batch["transcript"]) if lam < 1 else 0.0
         loss = lam * head_loss + (1 - lam) * text_loss
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=B, sync_dist=True)

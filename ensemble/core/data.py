@@ -97,6 +97,8 @@ class WindowDataset(Dataset):
         self.clips = clips(manifest)
         self.n_samples = seconds_to_samples(window_s)
         self.refs = self._index()
+        # False: items carry an empty `wave` (a member that reads cached features instead)
+        self.read_audio = True
 
     def _index(self) -> list[WindowRef]:
         """Window starts per clip, from the file headers alone; unusable files are named together."""
@@ -123,15 +125,17 @@ class WindowDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         ref = self.refs[index]
         clip = self.clips.iloc[ref.clip]
-        piece = load_audio(clip["path"])[ref.start : ref.start + self.n_samples]
-        wave = np.zeros(self.n_samples, dtype=np.float32)
-        wave[: len(piece)] = piece
+        wave = np.zeros(self.n_samples if self.read_audio else 0, dtype=np.float32)
+        n_valid = ref.n_valid  # from the header; the decoded length when the audio is read
+        if self.read_audio:
+            piece = load_audio(clip["path"])[ref.start : ref.start + self.n_samples]
+            wave[: len(piece)], n_valid = piece, len(piece)
         start_s = ref.start / SAMPLE_RATE
         labels, mask = timestep_labels(
             clip["segments"],
             self.taxonomy,
             start_s,
-            len(piece),
+            n_valid,
             self.n_samples,
             background_id(clip, self.taxonomy),
         )
