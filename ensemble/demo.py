@@ -33,7 +33,8 @@ def fit_member(
     name: str, config: Path, args: list[str], manifest: Path, out: Path, extra: list[str] = ()
 ) -> Path:
     """`emergency-ensemble fit --config CONFIG ARGS` into `out/NAME`; the best checkpoint is
-    linked (or copied) to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored)."""
+    linked (or copied) to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored).
+    `{out}` in an argument stands for `out`."""
     from ensemble.cli import lightning
 
     raw = yaml.safe_load(Path(config).read_text())
@@ -52,7 +53,7 @@ def fit_member(
         [
             "--config",
             str(shrunk),
-            *args,
+            *(a.replace("{out}", str(out)) for a in args),
             f"--data.init_args.manifest={manifest}",
             f"--trainer.default_root_dir={root}",
             *logger,
@@ -146,9 +147,8 @@ def run_demo(args: argparse.Namespace) -> dict:
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):
         _stage(f"2/5 fit {name} ({i + 1} of {len(plan['members'])})", t0)
-        member_args = [a.replace("{out}", str(out)) for a in member.get("args", [])]
         checkpoints[name] = fit_member(
-            name, REPO / member["config"], member_args, manifest, out, args.fit_args
+            name, REPO / member["config"], member.get("args", []), manifest, out, args.fit_args
         )
         print(f"{name}: {checkpoints[name]}")
     config = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")

@@ -60,6 +60,7 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
         "whisper_head": [
             "--model.init_args.model.init_args.config.source=random:tiny",
             "--model.init_args.model.init_args.config.hidden_dim=8",
+            "--model.init_args.model.init_args.config.layers=[0,1]",
             "--model.init_args.max_new_tokens=4",
         ],
         "cnn": [],

@@ -237,3 +237,50 @@ def test_lam_only_scales_separate_gradients_with_a_frozen_encoder(data, tmp_path
     # the same step but where a gradient is as small as AdamW's eps (rare tokens' embeddings)
     a, b = (torch.cat([d.flatten() for d in s.values()]) for s in step)
     assert (a - b).norm() < 0.05 * a.norm()
+
+
+def test_clip_head_reads_the_picked_timesteps():
+    from whisper_head.losses import block_cross_entropy, event_pick
+    from whisper_head.module import block_probs, peak_pick
+
+    config = WhisperHeadConfig(
+        "random:tiny", 8, layer_weights=True, layer_norm=True, clip_head=True, dropout=0.0
+    )
+    model = WhisperHeadModel(config).eval()
+    encoded = model.encode(torch.randn(2, 80, 3000))
+    pick = torch.zeros(2, 1500, dtype=torch.bool)
+    pick[0, 100:200] = True
+    logits = model.clip_logits(encoded, pick)
+    assert logits.shape == (2, 20)
+    # row 1 picks nothing: every timestep; changing what row 0 does not pick changes nothing
+    torch.testing.assert_close(logits[1], model.clip_logits(encoded, torch.ones_like(pick))[1])
+    states = tuple(t.clone() for t in encoded.states)
+    for t in states:  # noise outside row 0's pick, and inside row 1's (all of it)
+        t[:, 300:] += torch.randn_like(t[:, 300:])
+    moved = model.clip_logits(encoded._replace(states=states), pick)
+    torch.testing.assert_close(moved[0], logits[0])
+    assert not torch.allclose(moved[1], logits[1])
+
+    emergency = torch.zeros(20, dtype=torch.bool)
+    emergency[1:15] = True
+    vote = torch.tensor([True, False])
+    probs = block_probs(logits, vote, emergency)
+    assert probs.shape == (2, 19)
+    assert torch.allclose(probs.sum(1), torch.ones(2))
+    assert probs[0, 14:].sum() == 0 and probs[1, :14].sum() == 0
+    p = torch.zeros(2, 1500)
+    p[0, 10:20] = 0.9
+    p[0, 20:30] = 0.3
+    mask = torch.ones(2, 1500, dtype=torch.bool)
+    picked = peak_pick(p, mask, vote)
+    assert picked[0].nonzero().flatten().tolist() == list(range(10, 20)) and picked[1].all()
+    # the training pick and loss: an emergency window's event, a normal window's known steps
+    targets = torch.tensor([[16, 3, 3, 16], [16, IGNORE, 17, 17]])
+    labels = torch.tensor([3, 17])
+    assert event_pick(targets, labels, emergency).tolist() == [
+        [False, True, True, False],
+        [True, False, True, True],
+    ]
+    loss = block_cross_entropy(logits, labels, emergency)
+    expected = -(logits[0, 1:15].log_softmax(0)[2] + logits[1, 15:].log_softmax(0)[17 - 15]) / 2
+    torch.testing.assert_close(loss, expected)

@@ -4,6 +4,7 @@ step scores, and the clip-level loss on pooled timesteps."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from whisper_head.model import IGNORE
@@ -50,3 +51,22 @@ def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency
     if not ok.any():
         return logits.sum() * 0.0
     return -p[ok].clamp_min(1e-8).log().mean()
+
+
+def event_pick(targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
+    """The timesteps `(B, k)` a window's class is read from in training: an emergency window's
+    emergency timesteps, a normal window's known ones."""
+    em = emergency.to(targets.device)
+    known = targets != IGNORE
+    frame_em = em[targets.clamp(min=0)] & known
+    return torch.where(em[labels][:, None], frame_em, known)
+
+
+def block_cross_entropy(logits: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
+    """Cross-entropy of clip logits `(B, K + 1)` over the block of the window's own kind: the
+    emergency columns for an emergency window, the normal ones (never `none`) otherwise, as the
+    clip class is read once the vote has chosen the block."""
+    em = emergency.to(logits.device)
+    cols = torch.where(em[labels][:, None], em[None], ~em[None])  # (B, K + 1)
+    cols[:, 0] = False
+    return F.cross_entropy(logits.float().masked_fill(~cols, float("-inf")), labels)

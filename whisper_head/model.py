@@ -38,6 +38,8 @@ class WhisperHeadConfig:
     # each mixed hidden state layer-normalised first (no parameters): the residual stream inside
     # the encoder has a few channels in the hundreds, its last layer is normalised already
     layer_norm: bool = False
+    # a linear clip classifier on the head's states pooled (mean and max) over the event
+    clip_head: bool = False
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -129,6 +131,13 @@ class WhisperHeadModel(nn.Module):
         self.cached_layers = tuple(sorted({*self.head_layers, last}))
         if c.layer_weights:  # uniform at first
             self.layer_logits = nn.Parameter(torch.zeros(len(self.head_layers)))
+        if c.clip_head:
+            n_in = 2 * len(self.head_layers) * bc.d_model
+            self.clip_head = nn.Sequential(  # the pooled features standardised, as a probe's
+                nn.BatchNorm1d(n_in, affine=False),
+                nn.Dropout(c.dropout),
+                nn.Linear(n_in, c.n_outputs),
+            )
 
     @property
     def encoder(self) -> nn.Module:
@@ -188,6 +197,24 @@ class WhisperHeadModel(nn.Module):
         else:
             x = pick(encoded.hidden)
         return self.head(x)
+
+    def clip_logits(self, encoded: Encoded, pick: Tensor) -> Tensor:
+        """Clip logits `(B, K)` of the head's states pooled over the timesteps `pick (B, T)`
+        (those of `encoded`: all, or the ones it was read at): each state's mean and maximum
+        there, side by side, into a linear layer. A row picking nothing pools every timestep."""
+        if not self.config.clip_head:
+            raise ValueError("this model has no clip head (config.clip_head)")
+        pick = torch.where(pick.any(1, keepdim=True), pick, torch.ones_like(pick))
+        w = pick[..., None].to(self.clip_head[-1].weight.dtype)  # (B, T, 1)
+        states = encoded.states if self.config.layer_weights else (encoded.hidden,)
+        pooled = []
+        for t in states:
+            t = t.to(w.dtype)
+            if self.config.layer_norm:
+                t = F.layer_norm(t, t.shape[-1:])
+            pooled.append((t * w).sum(1) / w.sum(1))
+            pooled.append(t.masked_fill(w == 0, float("-inf")).amax(1))
+        return self.clip_head(torch.cat(pooled, dim=-1))
 
     def forward(self, mel: Tensor) -> Tensor:
         """Log-mel `(B, 80, 3000)` -> frame logits `(B, 1500, K)`."""

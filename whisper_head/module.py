@@ -50,7 +50,13 @@ from whisper_head.decode import (
     transcribe_encoded,
 )
 from whisper_head.judge import KeywordJudge, judgement_tensors
-from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
+from whisper_head.losses import (
+    block_cross_entropy,
+    event_pick,
+    frame_weights,
+    pooled_class_loss,
+    sample_frames,
+)
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
 
 log = logging.getLogger(__name__)
@@ -87,6 +93,24 @@ def clip_class_probs(
     cols[:, 0] = False  # none is never a clip's class
     summed = (frame_probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
     return (summed / summed.sum(1, keepdim=True).clamp_min(1e-12))[:, 1:]
+
+
+def peak_pick(p: Tensor, mask: Tensor, vote: Tensor, share: float = 0.5) -> Tensor:
+    """Timesteps `(B, T)` a clip head reads: where the window is voted emergency, the valid
+    timesteps whose smoothed emergency probability `p (B, T)` reaches `share` of its peak (the
+    event the vote saw); elsewhere every valid timestep."""
+    p = p.masked_fill(~mask, 0.0)
+    peak = p.amax(1, keepdim=True)
+    return torch.where(vote[:, None], mask & (p >= share * peak), mask)
+
+
+def block_probs(logits: Tensor, vote: Tensor, emergency: Tensor) -> Tensor:
+    """Class probabilities `(B, K)` from clip logits `(B, K + 1)`: softmax over the emergency
+    columns where the vote says emergency, over the normal ones elsewhere; zero outside."""
+    em = emergency.to(logits.device)
+    cols = torch.where(vote[:, None], em[None], ~em[None])
+    cols[:, 0] = False
+    return logits.float().masked_fill(~cols, float("-inf")).softmax(-1)[:, 1:]
 
 
 def cpu_has_bf16() -> bool:
@@ -128,8 +152,10 @@ class WhisperHeadModule(MemberModule):
     training loss scores (emergency ones first, `losses.sample_frames`), read alone from the
     cache; `class_balance`: the frame loss weighs column c by (n / n_c) ** class_balance (counts
     of the training split); `clip_loss`: weight of the clip loss on pooled timesteps
-    (`losses.pooled_class_loss`, the evidence the clip class is read from); `speechless_text`:
-    share of windows without speech the text loss keeps in training (all with speech are kept).
+    (`losses.pooled_class_loss`; with `clip_head`, the clip head's loss over the event); `speech_text`
+    and `speechless_text`: the shares of windows with and without speech the text loss keeps in
+    training (drawn per window). `pick_share`: the clip head reads an emergency-voted window
+    where its smoothed emergency probability reaches this share of its peak (0: everywhere).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -164,7 +190,9 @@ class WhisperHeadModule(MemberModule):
         train_frames: int | None = None,
         clip_loss: float = 0.0,
         class_balance: float = 0.0,
+        speech_text: float = 1.0,
         speechless_text: float = 1.0,
+        pick_share: float = 0.5,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -181,8 +209,10 @@ class WhisperHeadModule(MemberModule):
                 f"bad train_frames {train_frames}, clip_loss {clip_loss}, "
                 f"class_balance {class_balance}"
             )
-        if not 0 <= speechless_text <= 1:
-            raise ValueError(f"speechless_text must lie in [0, 1], got {speechless_text}")
+        if not 0 <= pick_share <= 1:
+            raise ValueError(f"pick_share must lie in [0, 1], got {pick_share}")
+        if not (0 <= speech_text <= 1 and 0 <= speechless_text <= 1):
+            raise ValueError(f"bad speech_text {speech_text}, speechless_text {speechless_text}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
         if freeze not in ("encoder", "none", "all_but_head"):
@@ -306,7 +336,10 @@ class WhisperHeadModule(MemberModule):
         n_samples = batch["mask"].shape[1] * SAMPLES_PER_TIMESTEP  # the window, padding included
         keys = cache.keys(batch["path"], batch["start_s"], n_samples)
         if all(k in cache for k in keys):
-            if index is not None and self.model.config.layer_weights:
+            # a clip head pools every timestep of the event: its statistics must be the ones
+            # it sees at prediction, so it reads whole windows
+            partial = self.model.config.layer_weights and not self.model.config.clip_head
+            if index is not None and partial:
                 states = cache.load(keys, index).to(self.device)
                 last = cache.load(keys, layers=slice(-1, None))[:, 0] if hidden else None
                 last = None if last is None else last.to(self.device)
@@ -372,12 +405,11 @@ class WhisperHeadModule(MemberModule):
         self._build_caches(("test",))
 
     def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
-        if self.training and self.hparams.speechless_text < 1:
-            # every window with speech; a share of the silent ones (which teach "say nothing")
-            keep = [
-                bool(t.strip()) or float(torch.rand(())) < self.hparams.speechless_text
-                for t in transcripts
-            ]
+        shares = (self.hparams.speech_text, self.hparams.speechless_text)
+        if self.training and min(shares) < 1:
+            # a share of the windows with speech, and of the silent ones (they teach "say
+            # nothing"): the decoder's step costs more than the head's on a CPU
+            keep = [float(torch.rand(())) < shares[not t.strip()] for t in transcripts]
             if not any(keep):
                 return hidden.sum() * 0.0
             hidden = hidden[torch.tensor(keep, device=hidden.device)]
@@ -399,8 +431,8 @@ class WhisperHeadModule(MemberModule):
     def _step(self, batch: dict, stage: str) -> tuple[Tensor, Encoded, Tensor | None]:
         """Loss, encoder outputs and frame probabilities `(B, 1500, K + 1)` (None in training
         when only `train_frames` timesteps per window are scored); logs losses."""
-        targets = batch["frame_labels"].masked_fill(~batch["mask"], IGNORE)  # (B, T)
-        index = None
+        targets = all_targets = batch["frame_labels"].masked_fill(~batch["mask"], IGNORE)
+        index = None  # (B, T) targets; in training, perhaps only those at `index (B, k)`
         if stage == "train" and self.hparams.train_frames is not None:
             index = sample_frames(
                 targets, batch["mask"], self._emergency, self.hparams.train_frames
@@ -416,7 +448,19 @@ class WhisperHeadModule(MemberModule):
         )
         head_loss = frame_loss
         B = len(targets)
-        if self.hparams.clip_loss > 0:
+        if self.hparams.clip_loss > 0 and self.model.config.clip_head:
+            # over the whole event, at the timesteps `encoded` holds
+            pick = event_pick(
+                targets if encoded.index is not None else all_targets,
+                batch["label"],
+                self._emergency,
+            )
+            with self._autocast():
+                clip_logits = self.model.clip_logits(encoded, pick)
+            clip_loss = block_cross_entropy(clip_logits, batch["label"], self._emergency)
+            head_loss = frame_loss + self.hparams.clip_loss * clip_loss
+            self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
+        elif self.hparams.clip_loss > 0:
             clip_loss = pooled_class_loss(logits, targets, batch["label"], self._emergency)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
             self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
@@ -439,7 +483,7 @@ class WhisperHeadModule(MemberModule):
         in_event = self._emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE)
         self.event_acc[stage].update(frame_probs.argmax(-1), targets.masked_fill(~in_event, IGNORE))
         vote = self._p_emergency(frame_probs, mask) > self.hparams.threshold
-        class_probs = clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote)
+        class_probs = self._class_probs(encoded, frame_probs, mask, vote)
         self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
@@ -499,6 +543,20 @@ class WhisperHeadModule(MemberModule):
             extra,
         )
 
+    def _class_probs(
+        self, encoded: Encoded, frame_probs: Tensor, mask: Tensor, vote: Tensor
+    ) -> Tensor:
+        """Clip class probabilities `(B, K)` on the vote's side: from the clip head over the
+        event the vote saw (`peak_pick`) when the model has one, else `clip_class_probs`."""
+        if not self.model.config.clip_head:
+            return clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote)
+        p = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
+        p = moving_average(p.masked_fill(~mask, 0.0)[:, None], self.hparams.smooth_steps)[:, 0]
+        with self._autocast():
+            pick = peak_pick(p, mask, vote, self.hparams.pick_share)
+            logits = self.model.clip_logits(encoded, pick)
+        return block_probs(logits, vote, self._emergency)
+
     def _p_emergency(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
         """Frame probabilities `(B, T, K + 1)` -> `(B,)` smoothed peak emergency probability."""
         p = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
@@ -518,7 +576,7 @@ class WhisperHeadModule(MemberModule):
         head = MemberOutput(
             p_emergency=p,
             vote=vote,
-            class_probs=clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote),
+            class_probs=self._class_probs(encoded, frame_probs, mask, vote),
             frame_probs=frame_probs,
             embedding=embedding.float(),
             events=frame_events(

@@ -8,7 +8,8 @@ import pytorch_lightning as pl
 
 
 class SamplesPerSecond(pl.Callback):
-    """Logs `train/samples_per_s`: training windows per wall second of each epoch, all ranks."""
+    """Logs `train/samples_per_s`: training windows per wall second of each epoch, all ranks, and
+    `train/epoch_s`: the epoch's training wall time (validation not included)."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._n = time.perf_counter(), 0
@@ -21,3 +22,4 @@ class SamplesPerSecond(pl.Callback):
         if self._n and elapsed > 0:
             rate = self._n * trainer.world_size / elapsed
             pl_module.log("train/samples_per_s", rate, rank_zero_only=True)
+            pl_module.log("train/epoch_s", elapsed, rank_zero_only=True)
