@@ -9,7 +9,8 @@ import pytorch_lightning as pl
 
 class SamplesPerSecond(pl.Callback):
     """Logs `train/samples_per_s`: training windows per wall second of each epoch, all ranks, and
-    `train/epoch_s`: the epoch's training wall time (validation not included)."""
+    `train/epoch_s`: the epoch's wall time. Both include the validation run at the epoch's end
+    (Lightning calls `on_train_epoch_end` after it)."""
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._start, self._n = time.perf_counter(), 0
