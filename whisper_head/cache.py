@@ -39,17 +39,20 @@ def progress(iterable, desc: str):
     return tqdm(iterable, desc=desc, unit="batch", mininterval=0.1 if tty else 30.0)
 
 
-def file_digest(path: str | Path, _memo: dict = {}) -> str:  # noqa: B006 - a process-wide memo
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-1, this process
+
+
+def file_digest(path: str | Path) -> str:
     """SHA-1 of a file's bytes, remembered per (path, size, mtime) within the process."""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _memo:
+    if key not in _DIGESTS:
         h = hashlib.sha1()
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        _memo[key] = h.hexdigest()
-    return _memo[key]
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def weights_digest(module: nn.Module) -> str:

@@ -29,28 +29,13 @@ def sample_frames(targets: Tensor, mask: Tensor, emergency: Tensor, k: int) -> T
     return priority.topk(k, dim=1).indices
 
 
-def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
-    """The clip-level loss on pooled timesteps, from the evidence the clip class is read from.
-
-    Logits `(B, k, K + 1)`, timestep targets `(B, k)` (IGNORE skipped), window labels `(B,)`. An
-    emergency window pools its emergency timesteps and is scored over the emergency columns; a
-    normal window pools its known timesteps and is scored over the normal columns: the negative
-    log of the window class's mean probability, renormalised over that block (`clip_class_probs`).
-    """
-    em = emergency.to(logits.device)
-    known = targets != IGNORE
-    window_em = em[labels]  # (B,)
-    frame_em = em[targets.clamp(min=0)] & known
-    pick = torch.where(window_em[:, None], frame_em, known)  # (B, k)
-    cols = torch.where(window_em[:, None], em[None], ~em[None])  # (B, K + 1)
+def block_columns(window_emergency: Tensor, emergency: Tensor) -> Tensor:
+    """The columns `(B, K + 1)` a window's class is read among: the emergency ones where
+    `window_emergency (B,)` is true, the normal ones elsewhere; never `none` (column 0)."""
+    em = emergency.to(window_emergency.device)
+    cols = torch.where(window_emergency[:, None], em[None], ~em[None])
     cols[:, 0] = False
-    probs = logits.float().softmax(-1)
-    summed = (probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
-    p = summed.gather(1, labels[:, None])[:, 0] / summed.sum(1).clamp_min(1e-12)
-    ok = pick.any(1)
-    if not ok.any():
-        return logits.sum() * 0.0
-    return -p[ok].clamp_min(1e-8).log().mean()
+    return cols
 
 
 def event_pick(targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
@@ -62,11 +47,28 @@ def event_pick(targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
     return torch.where(em[labels][:, None], frame_em, known)
 
 
+def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
+    """The clip-level loss on pooled timesteps, from the evidence the clip class is read from.
+
+    Logits `(B, k, K + 1)`, timestep targets `(B, k)` (IGNORE skipped), window labels `(B,)`. An
+    emergency window pools its emergency timesteps and is scored over the emergency columns; a
+    normal window pools its known timesteps and is scored over the normal columns: the negative
+    log of the window class's mean probability, renormalised over that block (`clip_class_probs`).
+    """
+    pick = event_pick(targets, labels, emergency)  # (B, k)
+    cols = block_columns(emergency.to(labels.device)[labels], emergency)  # (B, K + 1)
+    probs = logits.float().softmax(-1)
+    summed = (probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
+    p = summed.gather(1, labels[:, None])[:, 0] / summed.sum(1).clamp_min(1e-12)
+    ok = pick.any(1)
+    if not ok.any():
+        return logits.sum() * 0.0
+    return -p[ok].clamp_min(1e-8).log().mean()
+
+
 def block_cross_entropy(logits: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
     """Cross-entropy of clip logits `(B, K + 1)` over the block of the window's own kind: the
     emergency columns for an emergency window, the normal ones (never `none`) otherwise, as the
     clip class is read once the vote has chosen the block."""
-    em = emergency.to(logits.device)
-    cols = torch.where(em[labels][:, None], em[None], ~em[None])  # (B, K + 1)
-    cols[:, 0] = False
+    cols = block_columns(emergency.to(labels.device)[labels], emergency)
     return F.cross_entropy(logits.float().masked_fill(~cols, float("-inf")), labels)

@@ -13,6 +13,7 @@ maximum over valid timesteps."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ from whisper_head.decode import (
 )
 from whisper_head.judge import KeywordJudge, judgement_tensors
 from whisper_head.losses import (
+    block_columns,
     block_cross_entropy,
     event_pick,
     frame_weights,
@@ -89,8 +91,7 @@ def clip_class_probs(
     em_steps = em[frame_probs.argmax(-1)] & mask  # (B, T)
     em_pick = torch.where(em_steps.any(1, keepdim=True), em_steps, mask)
     pick = torch.where(vote[:, None], em_pick, mask).to(frame_probs.dtype)  # (B, T)
-    cols = torch.where(vote[:, None], em[None], ~em[None])  # (B, K + 1)
-    cols[:, 0] = False  # none is never a clip's class
+    cols = block_columns(vote, em)  # (B, K + 1); none is never a clip's class
     summed = (frame_probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
     return (summed / summed.sum(1, keepdim=True).clamp_min(1e-12))[:, 1:]
 
@@ -107,12 +108,11 @@ def peak_pick(p: Tensor, mask: Tensor, vote: Tensor, share: float = 0.5) -> Tens
 def block_probs(logits: Tensor, vote: Tensor, emergency: Tensor) -> Tensor:
     """Class probabilities `(B, K)` from clip logits `(B, K + 1)`: softmax over the emergency
     columns where the vote says emergency, over the normal ones elsewhere; zero outside."""
-    em = emergency.to(logits.device)
-    cols = torch.where(vote[:, None], em[None], ~em[None])
-    cols[:, 0] = False
+    cols = block_columns(vote, emergency)
     return logits.float().masked_fill(~cols, float("-inf")).softmax(-1)[:, 1:]
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; Linux flags)."""
     try:
@@ -122,13 +122,18 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
-    """Moving average of `width` timesteps of `p (B, T)`, then the maximum over valid ones `(B,)`.
+def smoothed(p: Tensor, mask: Tensor, width: int) -> Tensor:
+    """Moving average of `width` timesteps of `p (B, T)`, 0 at padding `(B, T)`.
 
     Padding timesteps count as 0; the window shrinks at both ends of the array.
     """
     p = moving_average(p.masked_fill(~mask, 0.0)[:, None], width)[:, 0]  # padding raises nothing
-    return p.masked_fill(~mask, 0.0).amax(1)
+    return p.masked_fill(~mask, 0.0)
+
+
+def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
+    """`smoothed`, then the maximum over valid timesteps `(B,)`."""
+    return smoothed(p, mask, width).amax(1)
 
 
 class WhisperHeadModule(MemberModule):
@@ -482,8 +487,10 @@ class WhisperHeadModule(MemberModule):
         self.timestep_acc[stage].update(frame_probs.argmax(-1), targets)
         in_event = self._emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE)
         self.event_acc[stage].update(frame_probs.argmax(-1), targets.masked_fill(~in_event, IGNORE))
-        vote = self._p_emergency(frame_probs, mask) > self.hparams.threshold
-        class_probs = self._class_probs(encoded, frame_probs, mask, vote)
+        curve = self._emergency_curve(frame_probs, mask)
+        p = curve.amax(1)
+        vote = p > self.hparams.threshold
+        class_probs = self._class_probs(encoded, frame_probs, mask, vote, curve)
         self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
@@ -491,7 +498,6 @@ class WhisperHeadModule(MemberModule):
         self.log(f"{stage}/acc", self.clip_acc[stage], batch_size=B)
         self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=B)
         if stage == "test":
-            p = self._p_emergency(frame_probs, mask)
             self._test.append((batch["label"].cpu(), class_probs.argmax(1).cpu() + 1, p.cpu()))
         if stage == "test" or batch_idx < self.hparams.cer_batches:
             hyps = self._transcribe(encoded)
@@ -544,23 +550,23 @@ class WhisperHeadModule(MemberModule):
         )
 
     def _class_probs(
-        self, encoded: Encoded, frame_probs: Tensor, mask: Tensor, vote: Tensor
+        self, encoded: Encoded, frame_probs: Tensor, mask: Tensor, vote: Tensor, curve: Tensor
     ) -> Tensor:
         """Clip class probabilities `(B, K)` on the vote's side: from the clip head over the
-        event the vote saw (`peak_pick`) when the model has one, else `clip_class_probs`."""
+        event the vote saw (`peak_pick` on the smoothed emergency `curve (B, T)`) when the model
+        has one, else `clip_class_probs`."""
         if not self.model.config.clip_head:
             return clip_class_probs(frame_probs, mask, self.taxonomy.emergency_ids, vote)
-        p = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
-        p = moving_average(p.masked_fill(~mask, 0.0)[:, None], self.hparams.smooth_steps)[:, 0]
         with self._autocast():
-            pick = peak_pick(p, mask, vote, self.hparams.pick_share)
+            pick = peak_pick(curve, mask, vote, self.hparams.pick_share)
             logits = self.model.clip_logits(encoded, pick)
         return block_probs(logits, vote, self._emergency)
 
-    def _p_emergency(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
-        """Frame probabilities `(B, T, K + 1)` -> `(B,)` smoothed peak emergency probability."""
+    def _emergency_curve(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
+        """Frame probabilities `(B, T, K + 1)` -> the smoothed emergency probability `(B, T)`;
+        its maximum is the window's `p_emergency`."""
         p = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
-        return smoothed_max(p, mask, self.hparams.smooth_steps)
+        return smoothed(p, mask, self.hparams.smooth_steps)
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, MemberOutput]:
         """`whisper_head` and `keyword_judge` outputs of the same encoder pass."""
@@ -568,7 +574,8 @@ class WhisperHeadModule(MemberModule):
         encoded = self._encode_wave(batch["wave"])
         with self._autocast():
             frame_probs = self.model.frame_logits(encoded).float().softmax(-1)  # (B, T, K + 1)
-        p = self._p_emergency(frame_probs, mask)
+        curve = self._emergency_curve(frame_probs, mask)
+        p = curve.amax(1)
         vote = p > self.hparams.threshold
         valid = mask[..., None].to(encoded.hidden.dtype)  # (B, T, 1)
         embedding = (encoded.hidden * valid).sum(1) / valid.sum(1).clamp_min(1)  # (B, D)
@@ -576,7 +583,7 @@ class WhisperHeadModule(MemberModule):
         head = MemberOutput(
             p_emergency=p,
             vote=vote,
-            class_probs=self._class_probs(encoded, frame_probs, mask, vote),
+            class_probs=self._class_probs(encoded, frame_probs, mask, vote, curve),
             frame_probs=frame_probs,
             embedding=embedding.float(),
             events=frame_events(

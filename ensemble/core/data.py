@@ -131,14 +131,7 @@ class WindowDataset(Dataset):
             piece = load_audio(clip["path"])[ref.start : ref.start + self.n_samples]
             wave[: len(piece)], n_valid = piece, len(piece)
         start_s = ref.start / SAMPLE_RATE
-        labels, mask = timestep_labels(
-            clip["segments"],
-            self.taxonomy,
-            start_s,
-            n_valid,
-            self.n_samples,
-            background_id(clip, self.taxonomy),
-        )
+        labels, mask = self._labels(ref, n_valid)
         return {
             "wave": torch.from_numpy(wave),
             "label": torch.tensor(self._window_label(clip, labels), dtype=torch.long),
@@ -149,38 +142,33 @@ class WindowDataset(Dataset):
             "start_s": start_s,
         }
 
+    def _labels(self, ref: WindowRef, n_valid: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Timestep labels and valid mask `(T,)` of a window (`timestep_labels`); `n_valid`
+        defaults to the header's count of audio samples in it."""
+        clip = self.clips.iloc[ref.clip]
+        return timestep_labels(
+            clip["segments"],
+            self.taxonomy,
+            ref.start / SAMPLE_RATE,
+            ref.n_valid if n_valid is None else n_valid,
+            self.n_samples,
+            background_id(clip, self.taxonomy),
+        )
+
     def window_labels(self) -> np.ndarray:
         """The label of every window `(len(self),)`, from the manifest alone (no audio read)."""
-        out = np.empty(len(self.refs), dtype=np.int64)
-        for k, ref in enumerate(self.refs):
-            clip = self.clips.iloc[ref.clip]
-            labels, _ = timestep_labels(
-                clip["segments"],
-                self.taxonomy,
-                ref.start / SAMPLE_RATE,
-                ref.n_valid,
-                self.n_samples,
-                background_id(clip, self.taxonomy),
-            )
-            out[k] = self._window_label(clip, labels)
-        return out
+        return np.array(
+            [self._window_label(self.clips.iloc[r.clip], self._labels(r)[0]) for r in self.refs],
+            dtype=np.int64,
+        )
 
     def frame_label_counts(self) -> np.ndarray:
         """Valid timesteps per column `(K + 1,)` over every window, from the manifest alone;
         unknown timesteps (`IGNORE_ID`) are not counted."""
         counts = np.zeros(self.taxonomy.n_outputs, dtype=np.int64)
         for ref in self.refs:
-            clip = self.clips.iloc[ref.clip]
-            labels, mask = timestep_labels(
-                clip["segments"],
-                self.taxonomy,
-                ref.start / SAMPLE_RATE,
-                ref.n_valid,
-                self.n_samples,
-                background_id(clip, self.taxonomy),
-            )
-            known = labels[mask & (labels >= 0)]
-            counts += np.bincount(known, minlength=self.taxonomy.n_outputs)
+            labels, mask = self._labels(ref)
+            counts += np.bincount(labels[mask & (labels >= 0)], minlength=self.taxonomy.n_outputs)
         return counts
 
     def _window_label(self, clip: pd.Series, labels: np.ndarray) -> int:
