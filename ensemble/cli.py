@@ -110,6 +110,23 @@ def _infer(args: argparse.Namespace) -> None:
     print(f"predictions: {result.out / 'predictions.csv'} (and predictions.jsonl, windows.jsonl)")
 
 
+def _calibrate(args: argparse.Namespace) -> None:
+    from ensemble.calibrate import calibrate, rule_table
+
+    block = calibrate(
+        args.config,
+        args.manifest,
+        args.work,
+        args.out,
+        split=args.split,
+        folder=args.folder,
+        criterion=args.criterion,
+        target_fpr=args.target_fpr,
+    )
+    print(rule_table(block))
+    print(f"chosen: {block['chosen_rule']}; config: {args.out}")
+
+
 LIGHTNING = ("fit", "validate", "test", "predict")
 
 
@@ -246,6 +263,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=1, help="processes (DDP shards files)")
     p.add_argument("--strategy", default="auto", help="e.g. ddp with --devices > 1")
     p.set_defaults(func=_infer)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="choose thresholds, abstention, the vote rule and class weights on the val split",
+    )
+    p.add_argument("--config", type=Path, default=Path("configs/ensemble.yaml"), help="base config")
+    p.add_argument("--manifest", type=Path, required=True, help="the manifest with a val split")
+    p.add_argument(
+        "--work", type=Path, required=True, help="folder for the members' outputs on the split"
+    )
+    p.add_argument("--out", type=Path, required=True, help="the calibrated config to write")
+    p.add_argument("--split", default="val", help="the split to calibrate on (never test)")
+    p.add_argument("--folder", type=Path, default=None, help="the split's audio (default: linked)")
+    p.add_argument(
+        "--criterion",
+        choices=["balanced", "fpr"],
+        default="balanced",
+        help="thresholds at the best balanced accuracy, or at --target-fpr false positives",
+    )
+    p.add_argument("--target-fpr", type=float, default=0.05, help="with --criterion fpr")
+    p.set_defaults(func=_calibrate)
 
     sub.add_parser(  # parsed by ensemble.evaluate.main: listed here for --help only
         "evaluate",

@@ -1,4 +1,5 @@
-"""The main job: demo data -> every member fitted -> ensemble inference on the test split -> report.
+"""The main job: demo data -> every member fitted -> the ensemble calibrated on the val split ->
+ensemble inference on the test split -> report (beside the uncalibrated majority).
 
 `run_demo(out)` does it all on a 2-core CPU in under 30 minutes (`configs/demo.yaml` shrinks the
 member configs); each stage prints its progress and its time. Clips made of held-out sources (a
@@ -77,24 +78,6 @@ def fit_member(
     return target
 
 
-def split_folder(manifest: Path, split: str, folder: Path) -> Path:
-    """Links to one split's audio under `folder`, at their manifest paths."""
-    from ensemble.core.manifest import read_manifest
-
-    df = read_manifest(manifest)
-    root = manifest.resolve().parent
-    if folder.exists():
-        shutil.rmtree(folder)
-    for path in sorted(set(df.loc[df["split"] == split, "path"])):
-        link = folder / Path(path).relative_to(root)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.symlink(path, link)
-        except OSError:
-            shutil.copyfile(path, link)
-    return folder
-
-
 def ensemble_config(base: Path, checkpoints: dict[str, Path], path: Path) -> Path:
     """The ensemble config `base` with each member's checkpoint replaced by the demo's."""
     raw = yaml.safe_load(base.read_text())
@@ -130,8 +113,11 @@ def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str
 
 def run_demo(args: argparse.Namespace) -> dict:
     """The demo end to end; returns {split: metrics} for the test split and the held-out one."""
+    from ensemble.calibrate import calibrate, read_run, rule_table, score_rules, write_revote
     from ensemble.core.demo.build import CEILING_FILE
-    from ensemble.evaluate import evaluate, interval_table, report_table
+    from ensemble.core.labels import load_taxonomy
+    from ensemble.core.manifest import link_split
+    from ensemble.evaluate import evaluate, interval_table, report_table, with_ci
     from ensemble.pipeline import infer, load_config
 
     t0 = time.perf_counter()
@@ -151,30 +137,57 @@ def run_demo(args: argparse.Namespace) -> dict:
             name, REPO / member["config"], member.get("args", []), manifest, out, args.fit_args
         )
         print(f"{name}: {checkpoints[name]}")
-    config = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")
+    base = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")
+    _stage("3/5 calibration of the ensemble on the val split", t0)
+    config = out / "ensemble.calibrated.yaml"
+    block = calibrate(base, manifest, out / "predictions_val", config, split="val")
+    print(rule_table(block))
+    print(f"chosen on val: {block['chosen_rule']}; {config}")
     results = {}
     for split in splits:
-        _stage(f"3/5 ensemble inference on the {split} split", t0)
-        folder = split_folder(manifest, split, out / f"{split}_audio")
+        _stage(f"4/5 ensemble inference on the {split} split", t0)
+        folder = link_split(manifest, split, out / f"{split}_audio")
         pred = out / ("predictions" if split == "test" else f"predictions_{split}")
         result = infer(folder, pred, load_config(config), overwrite=True)
         print(f"{result.n_files} files, {result.n_errors} errors, {result.wall_s:.0f} s")
+    taxonomy = load_taxonomy(None)
     for split in splits:
-        _stage(f"4/5 evaluation of the {split} split", t0)
-        pred = out / ("predictions" if split == "test" else f"predictions_{split}")
-        report = out / ("report" if split == "test" else f"report_{split}")
+        _stage(f"5/5 evaluation of the {split} split", t0)
+        suffix = "" if split == "test" else f"_{split}"
+        pred, report = out / f"predictions{suffix}", out / f"report{suffix}"
         results[split] = evaluate(pred, manifest, report, split=split)
-    _stage("5/5 done", t0)
-    for split, metrics in results.items():
+        # the uncalibrated majority of the base config, from the same member outputs
+        run = read_run(pred, manifest, split, taxonomy)
+        majority = write_revote(
+            run, load_config(base), taxonomy, out / f"predictions{suffix}_majority"
+        )
+        results[f"{split}_majority"] = evaluate(
+            majority, manifest, report / "majority", split=split
+        )
+        table = rule_table(block, score_rules(config, pred, manifest, split))
+        (report / "vote_rules.md").write_text(
+            f"Every vote rule, chosen on val ({block['val']['n_files']} files), scored once on "
+            f"{split} ({results[split]['n_files']} files):\n\n{table}\n",
+            encoding="utf-8",
+        )
+    print(f"\n=== done ({(time.perf_counter() - t0) / 60:.1f} min in) ===")
+    for split in splits:
+        metrics = results[split]
         what = (
             "in-domain test split"
             if split == "test"
             else "held-out sources: " + ", ".join(args.holdout_source)
         )
-        print(f"\n{split} ({what}), {metrics['n_files']} files:\n")
+        print(f"\n{split} ({what}), {metrics['n_files']} files, the calibrated ensemble:\n")
         print(report_table(metrics))
         print()
         print(interval_table(metrics))
+        majority = results[f"{split}_majority"]["ensemble"]
+        print(
+            f"\nthe uncalibrated majority of {base.name} on the same outputs: binary_acc "
+            f"{with_ci(majority, 'binary_acc')}, auc {with_ci(majority, 'auc')}, acc19 "
+            f"{with_ci(majority, 'acc19')}"
+        )
     ceiling = yaml.safe_load((data / CEILING_FILE).read_text(encoding="utf-8"))
     print(
         f"\nbest possible 19-class accuracy on the demo: {ceiling['best_acc19']:.3f} "
@@ -184,4 +197,4 @@ def run_demo(args: argparse.Namespace) -> dict:
         f"\ndemo finished in {(time.perf_counter() - t0) / 60:.1f} min; reports: "
         + ", ".join(str(out / ("report" if s == "test" else f"report_{s}")) for s in splits)
     )
-    return results
+    return {split: results[split] for split in splits}

@@ -44,9 +44,12 @@ from ensemble.core.metrics import (
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
-TIMESTEP_MEMBER = "whisper_head"  # the member whose timesteps give the file's `events`
-TRANSCRIPT_MEMBER = "keyword_judge"  # the member whose decoding gives the file's `transcript`
+# the members whose timesteps give a file's `events` and whose decoding gives its `transcript`:
+# named by the run's run.json (`sources`); these for runs written before it did
+TIMESTEP_MEMBER = "whisper_head"
+TRANSCRIPT_MEMBER = "keyword_judge"
 COLUMNS = (
+    "abstain",
     "acc19",
     "macro_f1",
     "binary_acc",
@@ -94,6 +97,14 @@ def read_predictions(predictions: str | Path) -> tuple[list[dict], Path, Path]:
         folder = path.parent
         log.warning("%s: no run.json; prediction paths taken relative to %s", path, folder)
     return rows, folder, path
+
+
+def _sources(run_json: Path) -> dict[str, list[str]]:
+    """Which members gave transcripts and events, from an infer run's run.json."""
+    run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
+    if "sources" in run:
+        return run["sources"]
+    return {"transcript": [TRANSCRIPT_MEMBER], "events": [TIMESTEP_MEMBER]}
 
 
 def member_names(rows: list[dict]) -> list[str]:
@@ -211,26 +222,29 @@ def _interval(metric, *arrays: np.ndarray) -> list[float]:
     return list(bootstrap_ci(metric, *arrays)[1:])
 
 
-def _keys(name: str) -> tuple[str, str, str]:
-    """(score, vote, class) field names of a member, or of the ensemble."""
+def _keys(name: str) -> tuple[str, str, str, str]:
+    """(score, vote, class, opinion) field names of a member, or of the ensemble."""
     if name == ENSEMBLE:
-        return "score", "emergency", "class"
-    return f"p_{name}", f"vote_{name}", f"class_{name}"
+        return "score", "emergency", "class", "decided"
+    return f"p_{name}", f"vote_{name}", f"class_{name}", f"opinion_{name}"
 
 
 def score_one(
     name: str, matched: list[Matched], taxonomy: Taxonomy, timesteps: bool, transcripts: bool
 ) -> tuple[dict[str, float], dict]:
     """Metrics of one member (or the ensemble) over matched ok rows, and the arrays for plots."""
-    score_k, vote_k, class_k = _keys(name)
+    score_k, vote_k, class_k, opinion_k = _keys(name)
     segments = [m.clip["segments"] for m in matched]
     y = np.array([_is_emergency(m.clip, taxonomy) for m in matched], dtype=bool)
     out: dict[str, float] = {"n": len(matched)}
 
-    voted = [i for i, m in enumerate(matched) if m.row.get(vote_k) is not None]
+    # a file where the member abstained on every window is left out of its binary figures
+    opinion = [m.row.get(opinion_k) is not False for m in matched]
+    out["abstain"] = 1 - float(np.mean(opinion)) if matched else NAN
+    voted = [i for i, m in enumerate(matched) if m.row.get(vote_k) is not None and opinion[i]]
     vote = np.array([bool(matched[i].row[vote_k]) for i in voted], dtype=bool)
     out |= _binary(y[voted], vote)
-    scored = [i for i, m in enumerate(matched) if m.row.get(score_k) is not None]
+    scored = [i for i, m in enumerate(matched) if m.row.get(score_k) is not None and opinion[i]]
     s = np.array([float(matched[i].row[score_k]) for i in scored])
     out |= binary_metrics(y[scored], s) if scored else {"auc": NAN, "pauc": NAN}
     out["n_scored"] = len(scored)
@@ -282,7 +296,11 @@ def score_one(
             [m.clip["transcript"] for m in matched], [m.row.get("transcript") for m in matched]
         )
         # a judge of words must stay silent where nothing is said
-        silent = [i for i in voted if not str(matched[i].clip.get("transcript") or "").strip()]
+        silent = [  # an abstaining member's file vote is False: it counts as silent here
+            i
+            for i, m in enumerate(matched)
+            if m.row.get(vote_k) is not None and not str(m.clip.get("transcript") or "").strip()
+        ]
         out["n_speechless"] = len(silent)
         out["speechless_votes"] = int(sum(bool(matched[i].row[vote_k]) for i in silent))
 
@@ -309,7 +327,7 @@ def report_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def _with_ci(m: dict, c: str) -> str:
+def with_ci(m: dict, c: str) -> str:
     ci = m.get(f"{c}_ci")
     return _fmt(m.get(c)) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
 
@@ -323,7 +341,7 @@ def interval_table(metrics: dict) -> str:
         [
             "| model | " + " | ".join(names.get(c, c) for c in CI_COLUMNS) + " |",
             "|---|" + "---|" * len(CI_COLUMNS),
-            *(f"| {n} | " + " | ".join(_with_ci(m, c) for c in CI_COLUMNS) + " |" for n, m in rows),
+            *(f"| {n} | " + " | ".join(with_ci(m, c) for c in CI_COLUMNS) + " |" for n, m in rows),
         ]
     )
 
@@ -441,14 +459,16 @@ def evaluate(
 
     members = member_names(rows)
     has_text = any(m.row.get("transcript") is not None for m in matched)
-    text_owner = TRANSCRIPT_MEMBER if TRANSCRIPT_MEMBER in members else ENSEMBLE
+    sources = _sources(pred_path.parent / "run.json")
+    text_owner = next((n for n in sources.get("transcript", []) if n in members), ENSEMBLE)
+    event_owner = next((n for n in sources.get("events", []) if n in members), None)
     results, arrays = {}, {}
     for name in [*members, ENSEMBLE]:
         results[name], arrays[name] = score_one(
             name,
             matched,
             taxonomy,
-            timesteps=name in (TIMESTEP_MEMBER, ENSEMBLE),
+            timesteps=name in (event_owner, ENSEMBLE),
             transcripts=has_text and name == text_owner,
         )
 

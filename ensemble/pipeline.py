@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import os
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -47,12 +49,14 @@ from ensemble.core.audio import (
 )
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.member import MemberModule, MemberOutput
-from ensemble.vote import VoteRule, decide, merge_segments
+from ensemble.rows import MemberTable, RowMaker, error_row, rounded
+from ensemble.vote import VoteRule
 
 log = logging.getLogger(__name__)
 
 N_TIMESTEPS = samples_to_timesteps(seconds_to_samples(CHUNK_LENGTH))  # 1500 per 30 s window
 OUTPUTS = ("predictions.jsonl", "windows.jsonl", "predictions.csv", "run.json")
+SOURCES = ("transcript", "events", "no_speech_prob", "class_probs")  # listed in run.json
 
 
 # --- configuration ---------------------------------------------------------------------------
@@ -67,17 +71,23 @@ class MemberSpec:
     class_path: str
     checkpoint: str
     output: str | None = None
-    threshold: float | None = None  # None: the member's own vote
-    weight: float = 1.0
+    threshold: float | None = None  # None: the member's own vote; else p > threshold
+    weight: float = 1.0  # in the soft score and the "weighted" rule
     overrides: dict = field(default_factory=dict)  # hparams replaced at load (inference settings)
+    abstain_no_speech: float | None = None  # abstain where Whisper's no_speech_prob is above it
+    class_weight: float | None = None  # in the ensemble's class probabilities; None: `weight`
 
     def __post_init__(self) -> None:
         if not self.name.isidentifier():
             raise ValueError(f"member name must be an identifier, got {self.name!r}")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"{self.name}: threshold must be in (0, 1), got {self.threshold}")
-        if not self.weight >= 0:
-            raise ValueError(f"{self.name}: weight must be >= 0, got {self.weight}")
+        for key in ("threshold", "abstain_no_speech"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 < value < 1.0:
+                raise ValueError(f"{self.name}: {key} must be in (0, 1), got {value}")
+        for key in ("weight", "class_weight"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0:
+                raise ValueError(f"{self.name}: {key} must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -90,7 +100,9 @@ class EnsembleConfig:
     num_workers: int = 1  # audio decoding processes beside the model
     device: str = "auto"  # auto | cpu | gpu
     min_duration_s: float = 0.1  # shorter files are an error: too little to judge
+    read_timeout_s: float = 60.0  # a file that gives no window for this long is an error row
     labels: str | None = None  # taxonomy YAML; None = configs/labels.yaml
+    calibration: dict | None = None  # what `calibrate` chose and measured (not read by `infer`)
 
     def __post_init__(self) -> None:
         if not self.members:
@@ -183,7 +195,6 @@ class EnsembleModule(pl.LightningModule):
                 spec.output or spec.name for spec, k in self.routes if k == key
             )
         self.members = nn.ModuleDict(modules)
-        self.weights = np.array([spec.weight for spec in config.members], dtype=np.float64)
         self.eval()
 
     def forward(self, wave: Tensor, n_valid: Tensor) -> dict[str, MemberOutput]:
@@ -205,10 +216,7 @@ class EnsembleModule(pl.LightningModule):
                         f"{spec.name}: {spec.class_path} gives {sorted(result)}, not {spec.output!r}"
                     )
                 result = result[spec.output or spec.name]
-            result = result.cpu()
-            if spec.threshold is not None:
-                result = dataclasses.replace(result, vote=result.p_emergency > spec.threshold)
-            out[spec.name] = result
+            out[spec.name] = result.cpu()  # thresholds and abstentions: `rows.vote`
         return out
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, MemberOutput]:
@@ -248,10 +256,12 @@ class WindowStream(IterableDataset):
         paths: list[tuple[str, Path]],
         hop_s: float | None = None,
         min_duration_s: float = 0.1,
+        read_timeout_s: float = 60.0,
     ):
         self.paths = paths
         self.hop_s = hop_s
         self.min_duration_s = min_duration_s
+        self.read_timeout_s = read_timeout_s
 
     def __iter__(self) -> Iterator[dict]:
         paths = self.paths
@@ -265,7 +275,9 @@ class WindowStream(IterableDataset):
     def _file(self, key: str, path: Path) -> Iterator[dict]:
         previous = None
         try:
-            for w in stream_windows(path, CHUNK_LENGTH, self.hop_s):
+            for w in _timed(
+                stream_windows(path, CHUNK_LENGTH, self.hop_s), path, self.read_timeout_s
+            ):
                 if previous is not None:
                     yield previous
                 previous = {"path": key, "index": w.index, "start_s": w.start_s, "last": False}
@@ -284,6 +296,35 @@ class WindowStream(IterableDataset):
         yield {**previous, "last": True, "duration_s": duration}
 
 
+def _timed(windows: Iterator, path: Path, timeout_s: float) -> Iterator:
+    """`windows`, read in a helper thread: an AudioError when the next one takes longer than
+    `timeout_s` (a stalled network file). The stalled thread is left behind; the run goes on."""
+    box: queue.Queue = queue.Queue(maxsize=1)
+    done = object()
+
+    def pump() -> None:
+        try:
+            for w in windows:
+                box.put(w)
+            box.put(done)
+        except BaseException as e:  # handed to the reader
+            box.put(e)
+
+    threading.Thread(target=pump, daemon=True, name=f"read {path.name}").start()
+    while True:
+        try:
+            item = box.get(timeout=timeout_s)
+        except queue.Empty:
+            raise AudioError(
+                path, f"stalled: no audio for {timeout_s:g} s (read timeout)"
+            ) from None
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def collate_windows(items: list[dict]) -> dict:
     """Window dicts -> `wave (B, N)`, `n_valid (B,)`, `meta` (the rest), `errors`."""
     windows = [x for x in items if "error" not in x]
@@ -298,19 +339,6 @@ def collate_windows(items: list[dict]) -> dict:
 # --- windows -> rows --------------------------------------------------------------------------
 
 
-@dataclass
-class _File:
-    windows: list[dict] = field(default_factory=list)
-    class_sums: dict[str, np.ndarray] = field(default_factory=dict)
-    ensemble_probs: np.ndarray | None = None  # summed class probs of all windows
-    emergency_probs: np.ndarray | None = None  # summed class probs of emergency windows
-    events: list = field(default_factory=list)
-
-
-def _round(x: float) -> float:
-    return round(float(x), 6)
-
-
 class FileRollup(BasePredictionWriter):
     """Votes each window, rolls windows up to files and appends rows as files complete.
 
@@ -321,12 +349,13 @@ class FileRollup(BasePredictionWriter):
     def __init__(self, out: Path, config: EnsembleConfig, taxonomy: Taxonomy, total_s: float):
         super().__init__(write_interval="batch")
         self.out, self.config, self.taxonomy = out, config, taxonomy
+        self.rows = RowMaker(config, taxonomy)
         self.total_s = total_s
-        self.files: dict[str, _File] = {}
+        self.files: dict[str, list[dict]] = {}  # the window rows of files not finished yet
+        # which members give transcripts, events, no-speech probabilities and class probabilities
+        self.sources: dict[str, list[str]] = {k: [] for k in SOURCES}
         self.n_files = self.n_errors = 0
         self.audio_s = 0.0
-        self.emergency_columns = np.array(taxonomy.emergency_ids) - 1
-        self.normal_columns = np.setdiff1d(np.arange(taxonomy.n_classes), self.emergency_columns)
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         suffix = "" if trainer.world_size == 1 else f".rank{trainer.global_rank}"
@@ -349,7 +378,7 @@ class FileRollup(BasePredictionWriter):
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if batch["meta"]:
-            self._add_windows(prediction, batch, pl_module.weights)
+            self._add_windows(prediction, batch)
         for item in batch["errors"]:  # after the windows: a file's error follows its windows
             self.files.pop(item["path"], None)
             self._write_file(error_row(item["path"], item["error"], self.config.names), [])
@@ -363,111 +392,33 @@ class FileRollup(BasePredictionWriter):
             speed=f"{self.bar.n / elapsed:.1f}x",
         )
 
-    def _add_windows(self, prediction: dict, batch: dict, weights: np.ndarray) -> None:
+    def _add_windows(self, prediction: dict, batch: dict) -> None:
         names = self.config.names
-        votes = torch.stack([prediction[n].vote for n in names]).numpy()  # (M, B)
-        probs = torch.stack([prediction[n].p_emergency for n in names]).float().numpy()
-        decision = decide(votes, probs.clip(0, 1), self.config.vote, weights)
-        mean_probs = self._mean_class_probs(prediction, weights)  # (B, K) or None
+        for key, owners in self.sources.items():
+            owners += [
+                n for n in names if getattr(prediction[n], key) is not None and n not in owners
+            ]
+        table = MemberTable.from_outputs(prediction, names)
+        metas, extras = [], []
         for b, meta in enumerate(batch["meta"]):
-            self._add_window(meta, b, prediction, decision, mean_probs)
+            start = meta["start_s"]
+            metas.append(
+                {
+                    "path": meta["path"],
+                    "window": meta["index"],
+                    "start_s": rounded(start),
+                    "end_s": rounded(start + meta["n_valid"] / SAMPLE_RATE),
+                }
+            )
+            extras.append(_extras(prediction, names, b, start))
+        for meta, row in zip(batch["meta"], self.rows.windows(metas, table, extras), strict=True):
+            windows = self.files.setdefault(meta["path"], [])
+            windows.append(row)
+            if meta["last"]:
+                del self.files[meta["path"]]
+                self._write_file(self.rows.file(windows, meta["duration_s"]), windows)
             self.done_s += meta["n_valid"] / SAMPLE_RATE
             self.bar.update(round(self.done_s, 1) - self.bar.n)  # no float drift in the display
-
-    def _mean_class_probs(self, prediction: dict, weights: np.ndarray) -> np.ndarray | None:
-        """Weighted mean of the members' class probabilities `(B, K)`; None if no member has them."""
-        rows = [
-            (w, prediction[n].class_probs.float().numpy())
-            for n, w in zip(self.config.names, weights, strict=True)
-            if prediction[n].class_probs is not None
-        ]
-        if not rows or sum(w for w, _ in rows) <= 0:
-            return None
-        return sum(w * p for w, p in rows) / sum(w for w, _ in rows)
-
-    def _class(self, probs: np.ndarray | None, columns: np.ndarray | None = None) -> str | None:
-        if probs is None:
-            return None
-        columns = np.arange(len(probs)) if columns is None else columns
-        return self.taxonomy.key(int(columns[np.argmax(probs[columns])]) + 1)
-
-    def _add_window(self, meta: dict, b: int, prediction: dict, decision, mean_probs) -> None:
-        state = self.files.setdefault(meta["path"], _File())
-        emergency = bool(decision.emergency[b])
-        columns = self.emergency_columns if emergency else self.normal_columns
-        row = {
-            "path": meta["path"],
-            "window": meta["index"],
-            "start_s": _round(meta["start_s"]),
-            "end_s": _round(meta["start_s"] + meta["n_valid"] / SAMPLE_RATE),
-            "emergency": emergency,
-            "score": _round(decision.score[b]),
-            "n_votes": int(decision.n_votes[b]),
-            "tie": bool(decision.tie[b]),
-            "class": self._class(None if mean_probs is None else mean_probs[b], columns),
-        }
-        transcript, events, no_speech = None, None, None
-        for name in self.config.names:
-            out = prediction[name]
-            row[f"p_{name}"] = _round(out.p_emergency[b])
-            row[f"vote_{name}"] = bool(out.vote[b])
-            probs = None if out.class_probs is None else out.class_probs[b].float().numpy()
-            row[f"class_{name}"] = self._class(probs)
-            if probs is not None:
-                state.class_sums[name] = state.class_sums.get(name, 0) + probs
-            if transcript is None and out.transcript is not None:
-                transcript = out.transcript[b]
-            if no_speech is None and out.no_speech_prob is not None:
-                no_speech = _round(out.no_speech_prob[b])
-            if events is None and out.events is not None:
-                events = [
-                    [_round(meta["start_s"] + s), _round(meta["start_s"] + e), k]
-                    for s, e, k in out.events[b]
-                ]
-        row["transcript"] = transcript
-        row["no_speech_prob"] = no_speech
-        row["events"] = events or []
-        if mean_probs is not None:
-            p = mean_probs[b]
-            state.ensemble_probs = p if state.ensemble_probs is None else state.ensemble_probs + p
-            if emergency:
-                e = state.emergency_probs
-                state.emergency_probs = p if e is None else e + p
-        state.events += row["events"]
-        state.windows.append(row)
-        if meta["last"]:
-            del self.files[meta["path"]]
-            self._write_file(self._file_row(meta, state), state.windows)
-
-    def _file_row(self, meta: dict, state: _File) -> dict:
-        names, windows = self.config.names, state.windows
-        emergency = any(w["emergency"] for w in windows)
-        score = max(w["score"] for w in windows)
-        if emergency:
-            cls = self._class(state.emergency_probs, self.emergency_columns)
-        else:
-            cls = self._class(state.ensemble_probs, self.normal_columns)
-        texts = [w["transcript"] for w in windows if w["transcript"]]
-        events = merge_segments([tuple(e) for e in state.events], gap=0.02)
-        row = {
-            "path": meta["path"],
-            "duration_s": _round(meta["duration_s"]),
-            "status": "ok",
-            "error": "",
-            "emergency": emergency,
-            "class": cls,
-            "class_ko": None if cls is None else self.taxonomy[cls].ko,
-            "confidence": _round(score if emergency else 1 - score),
-            "score": _round(score),
-        }
-        for name in names:
-            row[f"p_{name}"] = max(w[f"p_{name}"] for w in windows)
-            row[f"vote_{name}"] = any(w[f"vote_{name}"] for w in windows)
-            row[f"class_{name}"] = self._class(state.class_sums.get(name))
-        row["transcript"] = " ".join(t.strip() for t in texts) if texts else None
-        row["events"] = [[s, e, k] for s, e, k in events]
-        row["n_windows"] = len(windows)
-        return row
 
     def _write_file(self, row: dict, windows: list[dict]) -> None:
         """Append one file's window rows, then its file row (the file counts as done then)."""
@@ -483,12 +434,19 @@ class FileRollup(BasePredictionWriter):
             self.audio_s += row["duration_s"]
 
 
-def error_row(path: str, error: str, names: list[str]) -> dict:
-    row = {"path": path, "duration_s": None, "status": "error", "error": error}
-    row |= dict.fromkeys(("emergency", "class", "class_ko", "confidence", "score"))
+def _extras(prediction: dict[str, MemberOutput], names: list[str], b: int, start: float) -> dict:
+    """Window `b`'s transcript, no-speech probability and events (in seconds from the file's
+    start): from the first member that gives each."""
+    transcript = no_speech = events = None
     for name in names:
-        row |= {f"p_{name}": None, f"vote_{name}": None, f"class_{name}": None}
-    return row | {"transcript": None, "events": [], "n_windows": 0}
+        out = prediction[name]
+        if transcript is None and out.transcript is not None:
+            transcript = out.transcript[b]
+        if no_speech is None and out.no_speech_prob is not None:
+            no_speech = rounded(out.no_speech_prob[b])
+        if events is None and out.events is not None:
+            events = [[rounded(start + s), rounded(start + e), k] for s, e, k in out.events[b]]
+    return {"transcript": transcript, "no_speech_prob": no_speech, "events": events or []}
 
 
 def _json_line(row: dict) -> str:
@@ -616,7 +574,7 @@ def infer(
         len(done),
         len(todo),
     )
-    total_s = sum(_duration(p) for _, p in todo)
+    total_s = _total_duration([p for _, p in todo], config.read_timeout_s)
     module = EnsembleModule(config)
     accelerator = {"auto": "auto", "cpu": "cpu", "gpu": "gpu", "cuda": "gpu"}[config.device]
     writer = FileRollup(out, config, module.taxonomy, total_s)
@@ -631,7 +589,7 @@ def infer(
         use_distributed_sampler=False,
         default_root_dir=out,
     )
-    stream = WindowStream(todo, config.hop_s, config.min_duration_s)
+    stream = WindowStream(todo, config.hop_s, config.min_duration_s, config.read_timeout_s)
     loader = DataLoader(
         stream,
         batch_size=config.batch_size
@@ -650,6 +608,9 @@ def infer(
     wall = time.perf_counter() - t0
     if trainer.global_rank == 0:
         table = merge_outputs(out, [k for k, _ in keyed])
+        sources = writer.sources
+        if not any(sources.values()) and (out / "run.json").is_file():  # nothing new: resumed
+            sources = json.loads((out / "run.json").read_text()).get("sources", sources)
         run = {
             "folder": str(root.resolve()),
             "members": config.names,
@@ -658,6 +619,7 @@ def infer(
             "n_errors": int((table["status"] == "error").sum()) if len(table) else 0,
             "this_run": {"files": n_files, "errors": n_errors, "audio_s": audio_s, "wall_s": wall},
             "devices": trainer.world_size,
+            "sources": sources,
         }
         (out / "run.json").write_text(json.dumps(run, indent=2, ensure_ascii=False) + "\n")
     return InferResult(out, n_files, n_errors, len(done), audio_s, wall, table, trainer.global_rank)
@@ -666,6 +628,22 @@ def infer(
 def _launching_process() -> bool:
     """False in the processes that Lightning's DDP launcher (or torchrun) starts beside rank 0."""
     return all(int(os.environ.get(k, 0)) == 0 for k in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def _total_duration(paths: list[Path], timeout_s: float) -> float:
+    """Seconds of audio in `paths` from their headers (for the progress bar), read in a helper
+    thread: a header that stalls for `timeout_s` ends the count there."""
+    box: queue.Queue = queue.Queue()
+    threading.Thread(
+        target=lambda: [box.put(_duration(p)) for p in paths], daemon=True, name="durations"
+    ).start()
+    total = 0.0
+    for _ in paths:
+        try:
+            total += box.get(timeout=timeout_s)
+        except queue.Empty:
+            break
+    return total
 
 
 def _duration(path: Path) -> float:

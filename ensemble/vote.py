@@ -1,19 +1,26 @@
 """Ensemble voting: turn the members' per-window votes and probabilities into one decision.
 
-Rules: strict majority, at least k of M, the soft (weighted) mean probability against tau, and
-the weighted fraction of True votes against a threshold. A tie (exactly half under "majority", a
-weighted fraction equal to the threshold under "weighted") is settled by a named tie rule. A file
-is an emergency when any of its windows is (`rollup`); `merge_segments` joins adjacent events.
+Rules: strict majority, at least k of M, the soft (weighted) mean probability against tau, the
+weighted fraction of True votes against a threshold, and `stack`: a logistic regression over the
+members' probabilities and abstentions (fitted by `emergency-ensemble calibrate`, kept as plain
+numbers). A tie (exactly half under "majority", a weighted fraction equal to the threshold under
+"weighted") is settled by a named tie rule.
+
+A member may abstain on a window (`opinion` False: the keyword judge when nothing was said). Votes,
+soft scores and ties count only the members with an opinion; a window where every member abstains
+has no decision (`Decision.decided` False, not an emergency, score NaN). A file is an emergency
+when any of its windows is (`rollup`); `merge_segments` joins adjacent events.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import numpy as np
 
-Rule = Literal["majority", "at_least", "soft", "weighted"]
+Rule = Literal["majority", "at_least", "soft", "weighted", "stack"]
 TieBreak = Literal["soft", "emergency", "normal"]
 RULES: tuple[str, ...] = get_args(Rule)
 TIE_BREAKS: tuple[str, ...] = get_args(TieBreak)
@@ -123,16 +130,60 @@ def weighted(votes: Any, weights: Any, threshold: float = 0.5) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class Stack:
+    """A logistic regression over M members: for each window,
+    `score = sigmoid(intercept + sum_m coef_p[m] * p[m] * opinion[m] + coef_abstain[m] * (1 - opinion[m]))`.
+    An abstaining member's probability counts as 0 and its abstention has a weight of its own."""
+
+    intercept: float
+    coef_p: tuple[float, ...]
+    coef_abstain: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "intercept", float(self.intercept))
+        for name in ("coef_p", "coef_abstain"):
+            value = tuple(float(c) for c in getattr(self, name))
+            if not value or not np.isfinite(value).all():
+                raise ValueError(f"stack {name} must be finite numbers, one per member: {value}")
+            object.__setattr__(self, name, value)
+        if len(self.coef_p) != len(self.coef_abstain) or not np.isfinite(self.intercept):
+            raise ValueError(
+                f"stack: coef_p and coef_abstain need one number per member and a finite "
+                f"intercept, got {len(self.coef_p)}, {len(self.coef_abstain)}, {self.intercept}"
+            )
+
+    def score(self, probs: Any, opinion: Any = None) -> np.ndarray:
+        """`(B,)` in (0, 1) from probabilities `(M, B)` and opinions `(M, B)` (default all)."""
+        p = _probs(probs)
+        o = np.ones(p.shape, bool) if opinion is None else _bool_like("opinion", _as_array(opinion))
+        if p.shape[0] != len(self.coef_p) or o.shape != p.shape:
+            raise ValueError(
+                f"stack has {len(self.coef_p)} members; got probs {p.shape}, opinion {o.shape}"
+            )
+        z = (
+            self.intercept
+            + np.asarray(self.coef_p) @ np.where(o, p, 0.0)
+            + np.asarray(self.coef_abstain) @ (~o).astype(np.float64)
+        )
+        return 1.0 / (1.0 + np.exp(-z))
+
+
+@dataclass(frozen=True)
 class VoteRule:
     """How `decide` combines the members: the rule, its parameters and the tie rule."""
 
     rule: Rule = "majority"
     k: int | None = None  # at_least only
-    tau: float = 0.5  # soft rule, and ties settled by "soft"
+    tau: float = 0.5  # soft and stack rules, and ties settled by "soft"
     tie_break: TieBreak = "soft"
     threshold: float = 0.5  # weighted only
+    stack: Stack | None = None  # stack only (a dict from YAML becomes a Stack)
 
     def __post_init__(self) -> None:
+        if isinstance(self.stack, dict):
+            object.__setattr__(self, "stack", Stack(**self.stack))
+        if self.rule == "stack" and self.stack is None:
+            raise ValueError("rule 'stack' needs its coefficients (vote.stack), got none")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.tie_break not in TIE_BREAKS:
@@ -151,45 +202,75 @@ class VoteRule:
 class Decision:
     """Per-window result of `decide`; every field is `(B,)`."""
 
-    emergency: np.ndarray  # bool
-    score: np.ndarray  # float: the weighted soft score
-    n_votes: np.ndarray  # int: members voting True
+    emergency: np.ndarray  # bool (False where there is no decision)
+    score: np.ndarray  # float: the weighted soft score of the members with an opinion, or the
+    # stack's probability under "stack"; NaN where there is no decision
+    n_votes: np.ndarray  # int: members with an opinion voting True
     tie: np.ndarray  # bool: the tie rule decided this window
+    n_opinions: np.ndarray  # int: members that did not abstain
+    decided: np.ndarray  # bool: at least one member had an opinion
 
 
-def decide(votes: Any, probs: Any, rule: VoteRule = VoteRule(), weights: Any = None) -> Decision:
+def decide(
+    votes: Any, probs: Any, rule: VoteRule = VoteRule(), weights: Any = None, opinion: Any = None
+) -> Decision:
     """Combine the members' votes `(M, B)` and probabilities `(M, B)` under `rule`.
 
     weights `(M,)` (default all ones) drive the "weighted" rule and the soft score of every rule.
+    opinion `(M, B)` bool (default all True): False where a member abstains; only members with an
+    opinion count. "at_least" k asks for k votes, or for all of them when fewer than k members
+    have an opinion. "stack" reads every member (an abstention is one of its inputs).
     """
     v, p = _votes(votes), _probs(probs)
     if v.shape != p.shape:
         raise ValueError(f"probs must have the shape of votes {v.shape}, got {p.shape}")
+    o = np.ones(v.shape, bool) if opinion is None else _bool_like("opinion", _as_array(opinion))
+    if o.shape != v.shape:
+        raise ValueError(f"opinion must have the shape of votes {v.shape}, got {o.shape}")
     m = v.shape[0]
     w = _weights(weights, m)
-    score = soft_score(p, w)
+    if rule.k is not None and rule.rule == "at_least" and not rule.k <= m:
+        raise ValueError(f"k must be an int in [1, {m}] (M), got {rule.k!r}")
+    v = v & o
+    n_opinions = o.sum(0).astype(np.int64)
+    decided = n_opinions > 0
     n_votes = v.sum(0).astype(np.int64)
+    w_open = w[:, None] * o  # (M, B): the weights of the members with an opinion
+    total = w_open.sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        score = np.where(total > 0, (w_open * p).sum(0) / total, np.nan)
+        frac = np.where(total > 0, (w_open * v).sum(0) / total, np.nan)
     tie = np.zeros(v.shape[1], dtype=bool)
 
     if rule.rule == "majority":
-        emergency = 2 * n_votes > m
-        tie = 2 * n_votes == m
+        emergency = 2 * n_votes > n_opinions
+        tie = decided & (2 * n_votes == n_opinions)
     elif rule.rule == "at_least":
         assert rule.k is not None
-        emergency = at_least(v, rule.k)
+        emergency = n_votes >= np.minimum(rule.k, n_opinions)
     elif rule.rule == "soft":
-        emergency = score >= rule.tau
+        emergency = np.nan_to_num(score, nan=-1.0) >= rule.tau
+    elif rule.rule == "stack":
+        assert rule.stack is not None
+        score = np.where(decided, rule.stack.score(p, o), np.nan)
+        emergency = np.nan_to_num(score, nan=-1.0) >= rule.tau
     else:  # weighted
-        frac = weighted(v, w, rule.threshold)
-        tie = np.isclose(frac, rule.threshold)
-        emergency = frac > rule.threshold
+        tie = decided & np.isclose(np.nan_to_num(frac, nan=-1.0), rule.threshold)
+        emergency = np.nan_to_num(frac, nan=-1.0) > rule.threshold
 
     if rule.tie_break == "soft":
-        settled = score >= rule.tau
+        settled = np.nan_to_num(score, nan=-1.0) >= rule.tau
     else:
         settled = np.full_like(tie, rule.tie_break == "emergency")
-    emergency = np.where(tie, settled, emergency)
-    return Decision(emergency=emergency, score=score, n_votes=n_votes, tie=tie)
+    emergency = np.where(tie, settled, emergency) & decided
+    return Decision(
+        emergency=emergency,
+        score=score,
+        n_votes=n_votes,
+        tie=tie,
+        n_opinions=n_opinions,
+        decided=decided,
+    )
 
 
 def merge_segments(
@@ -224,7 +305,7 @@ class FileVerdict:
     """One file's verdict over its windows."""
 
     emergency: bool
-    score: float  # max window score
+    score: float  # max window score (NaN windows, those without a decision, left out)
     first_emergency_s: float | None  # start of the earliest emergency window
     n_windows: int
     n_emergency_windows: int
@@ -245,11 +326,11 @@ def rollup(emergency: Any, score: Any, starts: Any) -> FileVerdict:
         )
     if len(e) == 0:
         raise ValueError("rollup needs at least one window (W >= 1), got W=0")
-    e, t = _bool_like("emergency", e), t.astype(np.float64)
+    e, s, t = _bool_like("emergency", e), s.astype(np.float64), t.astype(np.float64)
     n_emergency = int(e.sum())
     return FileVerdict(
         emergency=n_emergency > 0,
-        score=float(s.astype(np.float64).max()),
+        score=float(np.nanmax(s)) if np.isfinite(s).any() else math.nan,
         first_emergency_s=float(t[e].min()) if n_emergency else None,
         n_windows=len(e),
         n_emergency_windows=n_emergency,

@@ -209,7 +209,7 @@ def test_output_files(result):
     report = (out / "report.md").read_text(encoding="utf-8")
     table = [line for line in report.splitlines() if line.startswith("|")]
     assert len(table) == 2 * (2 + 5)  # the metrics, then accuracies and AUC with intervals
-    assert table[6].startswith("| ensemble | 0.500 |")
+    assert table[6].startswith("| ensemble | 0.000 | 0.500 |")  # abstain, acc19
     assert table[-1].startswith("| ensemble | 0.500 [") and "acc19 on identifiable" in table[7]
     assert "| anomaly | – | – |" in report
     assert "keyword_judge: 1 emergency vote(s) on 2 clips without speech" in report

@@ -122,3 +122,24 @@ def test_demo_scripts(judge):
     assert votes / (len(emergency) + len(calls)) >= 0.98
     assert sum(j.class_key == k for k, j in judged) / len(emergency) >= 0.95
     assert not any(judge.judge(line).vote for line in everyday)
+
+
+def test_the_judge_abstains_where_nothing_was_said_and_names_its_class(judge):
+    from ensemble.core.labels import load_taxonomy
+    from whisper_head.judge import judgement_classes
+
+    texts = ["불이야!", "오늘 날씨가 참 좋네요.", "help me", "", "시청해주셔서 감사합니다"]
+    out = judge.judge_batch(texts, no_speech_probs=[0.1, 0.1, 0.95, 0.1, 0.1],
+                            avg_logprobs=[-0.2, -0.2, -2, -0.2, -0.2])  # fmt: skip
+    # an opinion where words were heard (even without a keyword), none where nothing was said
+    assert [j.opinion for j in out] == [True, True, False, False, False]
+    taxonomy = load_taxonomy(None)
+    classes = judgement_classes(out, taxonomy)
+    assert classes.shape == (5, taxonomy.n_classes)
+    assert classes[0].sum() == 1 and taxonomy.key(int(classes[0].argmax()) + 1) == "fire"
+    assert classes[1:].isnan().all()  # no vote, no class
+    opinion = torch.tensor([j.opinion for j in out])
+    p, vote = judgement_tensors(out)
+    MemberOutput(p_emergency=p, vote=vote, class_probs=classes, opinion=opinion)
+    with pytest.raises(ValueError, match="opinion"):
+        MemberOutput(p_emergency=p, vote=vote, opinion=opinion.float())

@@ -282,3 +282,41 @@ def test_list_audio_is_recursive_sorted_and_by_extension(tmp_path):
     assert found == ["a.FLAC", "b/a.mp3", "b/z.wav", "c/d/e.ogg"]
     with pytest.raises(FileNotFoundError, match="no such folder"):
         list_audio(tmp_path / "nope")
+
+
+def test_special_files_and_a_stalled_file_are_error_rows_within_seconds(
+    demo, ensemble_config, tmp_path, monkeypatch
+):
+    import threading
+
+    import ensemble.pipeline as pipeline
+
+    folder = copy_clips(good_clips(demo, 2), tmp_path / "in")
+    os.mkfifo(folder / "fifo.wav")  # opened for reading, it would block until a writer comes
+    os.symlink("/dev/zero", folder / "device.wav")  # a character device: endless zeros
+    shutil.copy(next(folder.rglob("good0.wav")), folder / "stall.wav")
+    real = pipeline.stream_windows
+
+    def stalling(path, *args, **kwargs):  # a network file that stops answering
+        if Path(path).name == "stall.wav":
+            time.sleep(30)
+        yield from real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "stream_windows", stalling)
+    config = load_config(ensemble_config, read_timeout_s=2.0)
+    result = {}
+    worker = threading.Thread(
+        target=lambda: result.update(r=infer(folder, tmp_path / "out", config)), daemon=True
+    )
+    t0 = time.perf_counter()
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "infer hung on a special or stalled file"
+    assert time.perf_counter() - t0 < 60
+    table = rows(tmp_path / "out")
+    assert "FIFO" in table.loc["fifo.wav", "error"]
+    assert "character device" in table.loc["device.wav", "error"]
+    assert "stalled" in table.loc["stall.wav", "error"]
+    ok = table[table["status"] == "ok"]
+    assert sorted(ok.index) == ["sub0/good0.wav", "sub1/good1.wav"]
+    assert ok["emergency"].notna().all() and result["r"].n_errors == 3

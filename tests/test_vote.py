@@ -250,3 +250,61 @@ def test_rollup_errors():
         rollup(np.zeros(0, dtype=bool), np.zeros(0), np.zeros(0))
     with pytest.raises(ValueError, match="equal lengths"):
         rollup([True, False], [0.1], [0.0, 30.0])
+
+
+# --- abstention ---------------------------------------------------------------------------------
+
+
+def test_all_abstain_is_no_decision():
+    votes, probs = col(1, 1, 0), np.array([[0.9], [0.8], [0.1]])
+    d = decide(votes, probs, opinion=col(0, 0, 0))
+    assert d.decided.tolist() == [False] and d.emergency.tolist() == [False]
+    assert d.n_opinions.tolist() == [0] and np.isnan(d.score).all()
+    for rule in (VoteRule("at_least", k=1), VoteRule("soft", tau=0.1), VoteRule("weighted")):
+        assert decide(votes, probs, rule, opinion=col(0, 0, 0)).emergency.tolist() == [False]
+
+
+@pytest.mark.parametrize("bit", [0, 1])
+def test_one_member_left_decides(bit):
+    # three members vote "yes" but abstain; the one with an opinion decides alone
+    votes = col(1, 1, 1, bit)
+    probs = np.array([[0.9], [0.9], [0.9], [0.8 if bit else 0.2]])
+    d = decide(votes, probs, opinion=col(0, 0, 0, 1))
+    assert d.emergency.tolist() == [bool(bit)] and d.n_votes.tolist() == [bit]
+    assert d.score == pytest.approx(0.8 if bit else 0.2)  # the abstainers' p is not averaged
+    assert (
+        decide(votes, probs, VoteRule("at_least", k=3), opinion=col(0, 0, 0, 1)).emergency[0] == bit
+    )
+
+
+@pytest.mark.parametrize(
+    "tie_break, expected", [("soft", True), ("emergency", True), ("normal", False)]
+)
+def test_tie_among_the_members_with_an_opinion(tie_break, expected):
+    # 4 members, 2 abstain: 1 of the 2 left votes yes, a tie settled by the tie rule
+    votes, probs = col(1, 0, 1, 1), np.array([[0.9], [0.3], [0.9], [0.9]])
+    d = decide(votes, probs, VoteRule("majority", tie_break=tie_break), opinion=col(1, 1, 0, 0))
+    assert d.tie.tolist() == [True] and d.n_opinions.tolist() == [2]
+    assert d.score == pytest.approx(0.6)  # (0.9 + 0.3) / 2 >= tau 0.5
+    assert d.emergency.tolist() == [expected]
+    # without abstention, 3 of 4 is a majority and no tie
+    assert decide(votes, probs).emergency.tolist() == [True]
+
+
+def test_stack_reads_probabilities_and_abstentions():
+    from ensemble.vote import Stack
+
+    stack = Stack(intercept=-2.0, coef_p=(4.0, 1.0), coef_abstain=(0.0, 3.0))
+    probs = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
+    opinion = np.array([[1, 1, 1], [1, 0, 1]], dtype=bool)
+    z = np.array([-2 + 4.0, -2 + 4.0 + 3.0, -2 + 0.5])
+    np.testing.assert_allclose(stack.score(probs, opinion), 1 / (1 + np.exp(-z)))
+    d = decide(probs > 0.5, probs, VoteRule("stack", tau=0.5, stack=stack), opinion=opinion)
+    assert d.emergency.tolist() == [True, True, False]
+    # from YAML: a dict becomes a Stack; the rule without coefficients is refused
+    rule = VoteRule("stack", stack={"intercept": 0, "coef_p": [1, 1], "coef_abstain": [0, 0]})
+    assert isinstance(rule.stack, Stack)
+    with pytest.raises(ValueError, match="coefficients"):
+        VoteRule("stack")
+    with pytest.raises(ValueError, match="2 members"):
+        stack.score(np.ones((3, 1)))

@@ -141,6 +141,7 @@ class Judgement:
     class_key: str | None  # best scored class; None when nothing or only a generic call matched
     matches: tuple[Match, ...]
     reason: str
+    opinion: bool = True  # False: nothing was said (silence, a loop, only silence phrases)
 
 
 def compression_ratio(text: str) -> float:
@@ -227,12 +228,14 @@ class KeywordJudge:
         """One window's transcript, with the decoder's no-speech probability and mean log-prob."""
         reason = self._guard(transcript, no_speech_prob, avg_logprob)
         if reason:
-            return Judgement(0.0, False, None, (), reason)
+            return Judgement(0.0, False, None, (), reason, opinion=False)
         norm = normalize_text(transcript)
         for silence in self.lexicon.hallucinations:
             norm = _strip_phrase(norm, silence)
         if not norm:
-            return Judgement(0.0, False, None, (), "only phrases Whisper writes over silence")
+            return Judgement(
+                0.0, False, None, (), "only phrases Whisper writes over silence", opinion=False
+            )
         scores, matches = self._scores(norm)
         if not scores:
             return Judgement(0.0, False, None, (), "no keyword")
@@ -270,3 +273,16 @@ def judgement_tensors(
     p = torch.tensor([j.p_emergency for j in judgements], dtype=torch.float32, device=device)
     vote = torch.tensor([j.vote for j in judgements], dtype=torch.bool, device=device)
     return p, vote
+
+
+def judgement_classes(
+    judgements: Sequence[Judgement], taxonomy: Taxonomy, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """`(B, K)`: one-hot on the class whose phrases matched where the judge votes and names a
+    class; NaN rows (no class) elsewhere."""
+    out = torch.full((len(judgements), taxonomy.n_classes), float("nan"), device=device)
+    for b, j in enumerate(judgements):
+        if j.vote and j.class_key is not None:
+            out[b] = 0.0
+            out[b, taxonomy.id(j.class_key) - 1] = 1.0
+    return out

@@ -50,7 +50,7 @@ from whisper_head.decode import (
     tokenizer_for,
     transcribe_encoded,
 )
-from whisper_head.judge import KeywordJudge, judgement_tensors
+from whisper_head.judge import KeywordJudge, judgement_classes, judgement_tensors
 from whisper_head.losses import (
     block_columns,
     block_cross_entropy,
@@ -600,7 +600,9 @@ class WhisperHeadModule(MemberModule):
         judge = MemberOutput(
             p_text,
             vote_text,
+            class_probs=judgement_classes(judgements, self.taxonomy, device=p.device),
             transcript=[h.text for h in hyps],
             no_speech_prob=torch.tensor([h.no_speech_prob for h in hyps], device=p.device),
+            opinion=torch.tensor([j.opinion for j in judgements], device=p.device),
         )
         return {"whisper_head": head, "keyword_judge": judge}

@@ -7,6 +7,7 @@ computed with `exact_div`, never retyped. Functions other than the loaders are p
 from __future__ import annotations
 
 import math
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,12 +90,33 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+def special_file(path: Path) -> str | None:
+    """What `path` (links followed) is when it is not a regular file or a directory: a FIFO, a
+    device or a socket, which could block a reader forever; None otherwise (or when missing)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    for test, what in (
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return None
+
+
 def _check_file(path: Path) -> str:
     """Refuse what cannot be audio before any decoder sees it; returns the container kind."""
     if not path.exists():
         raise AudioError(path, "no such file")
     if path.is_dir():
         raise AudioError(path, "is a directory, not an audio file")
+    special = special_file(path)
+    if special:
+        raise AudioError(path, f"{special}, not a regular file: only regular files are read")
     try:
         size = path.stat().st_size
         with path.open("rb") as f:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -248,3 +249,23 @@ def summarize(df: pd.DataFrame, taxonomy: Taxonomy | None = None) -> str:
         + ", ".join(f"{s} {hours[s]:.2f} h / {speakers[s]} speakers" for s in hours.index),
     ]
     return "\n".join(lines)
+
+
+def link_split(manifest: Path, split: str, folder: Path) -> Path:
+    """Links to one split's audio under `folder`, at their paths from the manifest's folder (or
+    from the folder that all of them share, when they lie elsewhere)."""
+    df = read_manifest(manifest)
+    paths = sorted(set(df.loc[df["split"] == split, "path"]))
+    root = Path(manifest).resolve().parent
+    if not all(Path(p).is_relative_to(root) for p in paths):
+        root = Path(os.path.commonpath([Path(p).parent for p in paths])) if paths else root
+    if folder.exists():
+        shutil.rmtree(folder)
+    for path in paths:
+        link = folder / Path(path).relative_to(root)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.symlink(path, link)
+        except OSError:
+            shutil.copyfile(path, link)
+    return folder

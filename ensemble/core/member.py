@@ -34,7 +34,9 @@ class MemberOutput:
     `(B, K)` over the K situations (column k is taxonomy id k + 1); frame_probs `(B, T, K + 1)` with
     column 0 = none; transcript B strings; embedding `(B, D)`; events B lists of
     `(start_s, end_s, class_key)` in seconds from the window's start; no_speech_prob `(B,)`
-    Whisper's probability that nothing is spoken.
+    Whisper's probability that nothing is spoken; opinion `(B,)` bool, False where the member
+    abstains (None: it has an opinion on every window). A row of class_probs may be NaN: no class
+    for that window.
     """
 
     p_emergency: Tensor
@@ -45,6 +47,7 @@ class MemberOutput:
     embedding: Tensor | None = None
     events: list[list[Event]] | None = None
     no_speech_prob: Tensor | None = None
+    opinion: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.p_emergency.ndim != 1:
@@ -53,6 +56,12 @@ class MemberOutput:
         if self.vote.shape != (B,) or self.vote.dtype != torch.bool:
             raise ValueError(
                 f"vote must be (B,) bool, got {tuple(self.vote.shape)} {self.vote.dtype}"
+            )
+        if self.opinion is not None and (
+            self.opinion.shape != (B,) or self.opinion.dtype != torch.bool
+        ):
+            raise ValueError(
+                f"opinion must be (B,) bool, got {tuple(self.opinion.shape)} {self.opinion.dtype}"
             )
         shapes = (("class_probs", 2), ("frame_probs", 3), ("embedding", 2), ("no_speech_prob", 1))
         for name, ndim in shapes:

@@ -1,0 +1,99 @@
+"""`emergency-ensemble calibrate`: settings chosen on val only, a config that reproduces its val
+figures through `infer`, and revoting that equals inference."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from ensemble.calibrate import Goal, best_cut, calibrate, figures, read_run, revote, rule_table
+from ensemble.core.labels import load_taxonomy
+from ensemble.pipeline import infer, load_config
+from ensemble.vote import VoteRule
+
+
+@pytest.fixture(scope="module")
+def calibrated(demo_manifest, ensemble_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibrated")
+    block = calibrate(ensemble_config, demo_manifest, out / "val", out / "calibrated.yaml")
+    return out, block
+
+
+def test_best_cut_balanced_and_at_a_false_positive_rate():
+    p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
+    y = np.array([0, 0, 1, 0, 1, 1], dtype=bool)
+    t = best_cut(p, y, Goal("balanced"))
+    assert 0.2 < t < 0.3  # catches every emergency, one false alarm of three
+    t = best_cut(p, y, Goal("fpr", target_fpr=0.0))
+    assert 0.6 < t < 0.7  # no false alarm at all
+    assert 0 < best_cut(np.zeros(4), np.array([0, 1, 0, 1], bool), Goal()) < 1
+
+
+def test_calibrated_config_loads_and_names_its_choices(calibrated):
+    out, block = calibrated
+    config = load_config(out / "calibrated.yaml")
+    assert config.calibration["chosen_rule"] == block["chosen_rule"]
+    assert config.vote.rule == block["chosen_rule"]
+    assert set(block["rules"]) == {"majority", "at_least", "soft", "weighted", "stack"}
+    for spec in config.members:  # every member got a threshold where val had both kinds
+        assert spec.threshold is None or 0 < spec.threshold < 1
+    assert block["val"]["n_files"] == block["rules"]["majority"]["val"]["n_files"] > 0
+    assert "(chosen)" in rule_table(block)
+
+
+def test_calibrated_config_reproduces_its_val_figures_through_infer(calibrated, demo_manifest):
+    out, block = calibrated
+    again = out / "val_again"
+    infer(out / "val" / "audio", again, load_config(out / "calibrated.yaml"))
+    taxonomy = load_taxonomy(None)
+    run = read_run(again, demo_manifest, "val", taxonomy)
+    files = [json.loads(line) for line in (again / "predictions.jsonl").read_text().splitlines()]
+    assert figures(run, [f for f in files if f["status"] == "ok"]) == block["val"]
+
+
+def test_revote_equals_inference_with_the_other_config(calibrated, demo_manifest, tmp_path):
+    out, _ = calibrated
+    taxonomy = load_taxonomy(None)
+    run = read_run(out / "val", demo_manifest, "val", taxonomy)  # written by the base config
+    config = load_config(out / "calibrated.yaml")
+    windows, files = revote(run, config, taxonomy)
+    inferred = out / "val_again"
+    if not inferred.exists():
+        infer(out / "val" / "audio", inferred, config)
+    read = [json.loads(x) for x in (inferred / "windows.jsonl").read_text().splitlines()]
+    assert windows == read
+    read = [json.loads(x) for x in (inferred / "predictions.jsonl").read_text().splitlines()]
+    assert files == [r for r in read if r["status"] == "ok"]
+
+
+def test_calibrate_reads_no_test_label(calibrated, demo_manifest, ensemble_config, tmp_path):
+    out, block = calibrated
+    df = pd.read_csv(demo_manifest, dtype=str, keep_default_na=False)
+    test = df["split"] == "test"
+    assert test.any()
+    # every test clip relabelled and its transcript changed: nothing calibrate writes may move
+    df.loc[test, "label"] = np.where(df.loc[test, "label"] == "fire", "indoor", "fire")
+    df.loc[test, "transcript"] = "불이야 살려주세요"
+    poisoned = Path(demo_manifest).with_name("manifest.poisoned.csv")  # same folder: same paths
+    df.to_csv(poisoned, index=False)
+    again = calibrate(ensemble_config, poisoned, out / "val", tmp_path / "calibrated.yaml")
+    assert again == block
+    first = yaml.safe_load((out / "calibrated.yaml").read_text())
+    second = yaml.safe_load((tmp_path / "calibrated.yaml").read_text())
+    assert first == second
+
+
+def test_calibrate_refuses_a_run_of_other_files(calibrated, demo_manifest, tmp_path):
+    out, _ = calibrated
+    with pytest.raises(ValueError, match=r"not test clips|no clip of split"):
+        read_run(out / "val", demo_manifest, "test", load_taxonomy(None))
+
+
+def test_stack_rule_round_trips_through_yaml(calibrated):
+    _, block = calibrated
+    stack = block["rules"]["stack"]["vote"]
+    rule = VoteRule(**stack)
+    assert rule.rule == "stack" and len(rule.stack.coef_p) == 4
