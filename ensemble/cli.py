@@ -304,6 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ARG",
         help="a LightningCLI override for every member (repeatable): --fit-arg=--trainer.max_steps=2",
     )
+    p.add_argument(
+        "--reuse-fits",
+        action="store_true",
+        help="keep the members already fitted in OUT/checkpoints (e.g. after changing the ensemble)",
+    )
     _generator_options(p)
     _fractions(p, holdout_default="festival and sonic-pi-samples; `none` holds nothing out")
     p.set_defaults(func=_demo)

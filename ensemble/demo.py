@@ -128,31 +128,36 @@ def run_demo(args: argparse.Namespace) -> dict:
         args.holdout_source = []
     elif not args.holdout_source:
         args.holdout_source = list(DEMO_HOLDOUT)
-    _stage("1/5 demo data", t0)
+    _stage("1/6 demo data", t0)
     splits = build_data(args, data, manifest)
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):
-        _stage(f"2/5 fit {name} ({i + 1} of {len(plan['members'])})", t0)
+        _stage(f"2/6 fit {name} ({i + 1} of {len(plan['members'])})", t0)
+        kept = out / "checkpoints" / f"{name}.ckpt"
+        if getattr(args, "reuse_fits", False) and kept.is_file():
+            checkpoints[name] = kept
+            print(f"{name}: reusing {kept} (--reuse-fits)")
+            continue
         checkpoints[name] = fit_member(
             name, REPO / member["config"], member.get("args", []), manifest, out, args.fit_args
         )
         print(f"{name}: {checkpoints[name]}")
     base = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")
-    _stage("3/5 calibration of the ensemble on the val split", t0)
+    _stage("3/6 calibration of the ensemble on the val split", t0)
     config = out / "ensemble.calibrated.yaml"
     block = calibrate(base, manifest, out / "predictions_val", config, split="val")
     print(rule_table(block))
     print(f"chosen on val: {block['chosen_rule']}; {config}")
     results = {}
     for split in splits:
-        _stage(f"4/5 ensemble inference on the {split} split", t0)
+        _stage(f"4/6 ensemble inference on the {split} split", t0)
         folder = link_split(manifest, split, out / f"{split}_audio")
         pred = out / ("predictions" if split == "test" else f"predictions_{split}")
         result = infer(folder, pred, load_config(config), overwrite=True)
         print(f"{result.n_files} files, {result.n_errors} errors, {result.wall_s:.0f} s")
     taxonomy = load_taxonomy(None)
     for split in splits:
-        _stage(f"5/5 evaluation of the {split} split", t0)
+        _stage(f"5/6 evaluation of the {split} split", t0)
         suffix = "" if split == "test" else f"_{split}"
         pred, report = out / f"predictions{suffix}", out / f"report{suffix}"
         results[split] = evaluate(pred, manifest, report, split=split)
@@ -170,7 +175,7 @@ def run_demo(args: argparse.Namespace) -> dict:
             f"{split} ({results[split]['n_files']} files):\n\n{table}\n",
             encoding="utf-8",
         )
-    print(f"\n=== done ({(time.perf_counter() - t0) / 60:.1f} min in) ===")
+    _stage("6/6 done", t0)
     for split in splits:
         metrics = results[split]
         what = (

@@ -89,3 +89,11 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     metrics = json.loads((out / "report" / "metrics.json").read_text())
     assert metrics["n_files"] == len(test_files) and metrics["n_missing"] == 0
     assert set(metrics["members"]) == {"whisper_head", "keyword_judge", "cnn", "anomaly"}
+    # calibrated on val before the test split, the uncalibrated majority reported beside it
+    calibrated = yaml.safe_load((out / "ensemble.calibrated.yaml").read_text())
+    assert calibrated["calibration"]["split"] == "val"
+    assert calibrated["vote"]["rule"] == calibrated["calibration"]["chosen_rule"]
+    assert "uncalibrated majority" in text and "(chosen)" in text
+    rules = (out / "report" / "vote_rules.md").read_text()
+    assert all(f"| {r}" in rules for r in ("majority", "at_least", "soft", "weighted", "stack"))
+    assert (out / "report" / "majority" / "metrics.json").is_file()
