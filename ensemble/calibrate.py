@@ -432,11 +432,12 @@ def calibrate(
     base = load_config(base_path)
     taxonomy = load_taxonomy(labels or base.labels)
     work = Path(work)
-    if not (work / "run.json").is_file():
-        audio = Path(folder) if folder else link_split(Path(manifest), split, work / "audio")
-        infer(audio, work, base, resume=True)
+    if _reusable(work, base):
+        log.info("%s: reusing the finished %s run of these checkpoints", work, split)
     else:
-        log.info("%s: reusing the finished %s run", work, split)
+        audio = Path(folder) if folder else link_split(Path(manifest), split, work / "audio")
+        done = (work / "run.json").is_file()  # finished, but by other checkpoints or settings
+        infer(audio, work, base, resume=not done, overwrite=done)
     run = read_run(work, manifest, split, taxonomy)
     goal = Goal(criterion, target_fpr)
     search = Search(run, taxonomy, goal)
@@ -476,6 +477,17 @@ def calibrate(
     }
     _write_config(base_path, final, block, Path(out))
     return block
+
+
+def _reusable(work: Path, config: EnsembleConfig) -> bool:
+    """A finished run in `work` of the same members, settings and checkpoint files (none newer)."""
+    path = work / "run.json"
+    if not path.is_file():
+        return False
+    run = json.loads(path.read_text(encoding="utf-8"))
+    same = json.loads(json.dumps(dataclasses.asdict(config), default=str)) == run.get("config")
+    newest = max(Path(m.checkpoint).stat().st_mtime for m in config.members)
+    return same and path.stat().st_mtime > newest
 
 
 def _finite(x: float) -> float:
