@@ -113,12 +113,13 @@ def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str
 
 def run_demo(args: argparse.Namespace) -> dict:
     """The demo end to end; returns {split: metrics} for the test split and the held-out one."""
-    from ensemble.calibrate import calibrate, read_run, rule_table, score_rules, write_revote
+    from ensemble.calibrate import calibrate, rule_table, score_rules
     from ensemble.core.demo.build import CEILING_FILE
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import link_split
     from ensemble.evaluate import evaluate, interval_table, report_table, with_ci
     from ensemble.pipeline import infer, load_config
+    from ensemble.revote import read_run, write_revote
 
     t0 = time.perf_counter()
     out = Path(args.out)

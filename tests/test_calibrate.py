@@ -9,9 +9,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from ensemble.calibrate import Goal, best_cut, calibrate, figures, read_run, revote, rule_table
+from ensemble.calibrate import calibrate, rule_table
 from ensemble.core.labels import load_taxonomy
 from ensemble.pipeline import infer, load_config
+from ensemble.revote import figures, read_run, revote
+from ensemble.tuning import Goal, best_cut
 from ensemble.vote import VoteRule
 
 
