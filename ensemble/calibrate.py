@@ -180,28 +180,37 @@ def _write_config(base: Path, config: EnsembleConfig, block: dict, out: Path) ->
 
 
 def rule_table(block: dict, test: dict[str, dict] | None = None) -> str:
-    """Markdown: every vote rule's parameters and val figures (and `test` figures per rule)."""
+    """Markdown: every vote rule's parameters, its cross-validated val figures (what chose the
+    rule), its val figures, and `test` figures per rule when given."""
     cols = ["binary_acc", "balanced_acc", "auc", "acc19"]
-    head = "| rule | parameters | val CV acc | " + " | ".join(f"val {c}" for c in cols)
+    goal = "balanced acc" if block["criterion"] == "balanced" else "TPR at the FPR"
+    head = f"| rule | parameters | val CV {goal} | val CV acc | "
+    head += " | ".join(f"val {c}" for c in cols)
     if test:
         head += " | " + " | ".join(f"test {c}" for c in cols)
-    lines = [head + " |", "|---|---|" + "---:|" * (1 + len(cols) * (2 if test else 1))]
+    lines = [head + " |", "|---|---|" + "---:|" * (2 + len(cols) * (2 if test else 1))]
     for name, r in block["rules"].items():
         v = r["vote"]
         params = {
             "majority": f"tie: {v['tie_break']}",
             "at_least": f"k={v['k']}",
             "soft": f"tau={v['tau']:.3f}",
-            "weighted": f"threshold={v['threshold']:.3f}, w={r['weights']}",
-            "stack": f"tau={v['tau']:.3f}",
+            "weighted": f"threshold={v['threshold']:.3f}, w=[{_list(r['weights'])}]",
+            "stack": f"tau={v['tau']:.3f}, coef_p=[{_list(v['stack']['coef_p'])}]"
+            if v.get("stack")
+            else "",
         }[name]
         mark = " (chosen)" if name == block["chosen_rule"] else ""
-        cells = [f"{name}{mark}", params, _fmt(r["cv_binary_acc"])]
+        cells = [f"{name}{mark}", params, _fmt(r["cv_score"]), _fmt(r["cv_binary_acc"])]
         cells += [_fmt(r["val"][c]) for c in cols]
         if test:
             cells += [_fmt(test[name][c]) for c in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _list(values) -> str:
+    return ", ".join(f"{x:.2f}" for x in values)
 
 
 def _fmt(x) -> str:

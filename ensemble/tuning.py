@@ -23,7 +23,7 @@ from ensemble.core.labels import Taxonomy
 from ensemble.pipeline import EnsembleConfig
 from ensemble.revote import Run, balanced, figures, revote
 from ensemble.rows import MemberTable, vote
-from ensemble.vote import Stack, VoteRule
+from ensemble.vote import Stack, VoteRule, logit
 
 Criterion = Literal["balanced", "fpr"]
 RULE_ORDER = ("majority", "at_least", "soft", "weighted", "stack")  # simpler first
@@ -186,9 +186,10 @@ class Search:
         return tuple(w) if sum(w) > 0 else (1.0,) * len(w)
 
     def _stack(self, config: EnsembleConfig, keep: np.ndarray) -> Stack:
-        """A logistic regression over [p (0 when abstaining), abstained] of every member."""
+        """A logistic regression over [logit p (0 when abstaining), abstained] of every member."""
         opinion = vote(self.table, config).opinion
-        x = np.concatenate([np.where(opinion, self.table.p, 0.0), (~opinion).astype(float)]).T
+        inputs = np.where(opinion, logit(self.table.p), 0.0)
+        x = np.concatenate([inputs, (~opinion).astype(float)]).T
         x, y = x[keep], self.run.y_window[keep]
         folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
         best_c = 1.0

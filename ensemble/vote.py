@@ -23,6 +23,7 @@ import numpy as np
 Rule = Literal["majority", "at_least", "soft", "weighted", "stack"]
 TieBreak = Literal["soft", "emergency", "normal"]
 RULES: tuple[str, ...] = get_args(Rule)
+LOGIT_EPS = 1e-4  # the stack's inputs are logits of probabilities clipped this far from 0 and 1
 TIE_BREAKS: tuple[str, ...] = get_args(TieBreak)
 
 
@@ -132,8 +133,10 @@ def weighted(votes: Any, weights: Any, threshold: float = 0.5) -> np.ndarray:
 @dataclass(frozen=True)
 class Stack:
     """A logistic regression over M members: for each window,
-    `score = sigmoid(intercept + sum_m coef_p[m] * p[m] * opinion[m] + coef_abstain[m] * (1 - opinion[m]))`.
-    An abstaining member's probability counts as 0 and its abstention has a weight of its own."""
+    `score = sigmoid(intercept + sum_m coef_p[m] * logit(p[m]) * opinion[m]
+                     + coef_abstain[m] * (1 - opinion[m]))`,
+    with p clipped to [1e-4, 1 - 1e-4] before the logit (members saturate near 0 and 1, where the
+    logit keeps their ranking). An abstaining member adds its abstention weight instead."""
 
     intercept: float
     coef_p: tuple[float, ...]
@@ -162,10 +165,16 @@ class Stack:
             )
         z = (
             self.intercept
-            + np.asarray(self.coef_p) @ np.where(o, p, 0.0)
+            + np.asarray(self.coef_p) @ np.where(o, logit(p), 0.0)
             + np.asarray(self.coef_abstain) @ (~o).astype(np.float64)
         )
         return 1.0 / (1.0 + np.exp(-z))
+
+
+def logit(p: Any) -> np.ndarray:
+    """log(p / (1 - p)) with p clipped to [1e-4, 1 - 1e-4]: within about ±9.2."""
+    p = np.clip(np.asarray(p, dtype=np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+    return np.log(p / (1 - p))
 
 
 @dataclass(frozen=True)

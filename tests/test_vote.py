@@ -294,13 +294,14 @@ def test_tie_among_the_members_with_an_opinion(tie_break, expected):
 def test_stack_reads_probabilities_and_abstentions():
     from ensemble.vote import Stack
 
-    stack = Stack(intercept=-2.0, coef_p=(4.0, 1.0), coef_abstain=(0.0, 3.0))
-    probs = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 0.5]])
+    stack = Stack(intercept=-2.0, coef_p=(0.5, 1.0), coef_abstain=(0.0, 3.0))
+    probs = np.array([[1.0, 0.9, 0.0], [0.0, 0.0, 0.5]])
     opinion = np.array([[1, 1, 1], [1, 0, 1]], dtype=bool)
-    z = np.array([-2 + 4.0, -2 + 4.0 + 3.0, -2 + 0.5])
+    edge = np.log((1 - 1e-4) / 1e-4)  # p = 1 or 0 is clipped: a logit of ±9.21
+    z = np.array([-2 + 0.5 * edge - edge, -2 + 0.5 * np.log(9) + 3.0, -2 - 0.5 * edge + 0.0])
     np.testing.assert_allclose(stack.score(probs, opinion), 1 / (1 + np.exp(-z)))
     d = decide(probs > 0.5, probs, VoteRule("stack", tau=0.5, stack=stack), opinion=opinion)
-    assert d.emergency.tolist() == [True, True, False]
+    assert d.emergency.tolist() == [False, True, False]
     # from YAML: a dict becomes a Stack; the rule without coefficients is refused
     rule = VoteRule("stack", stack={"intercept": 0, "coef_p": [1, 1], "coef_abstain": [0, 0]})
     assert isinstance(rule.stack, Stack)
