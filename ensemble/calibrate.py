@@ -179,15 +179,15 @@ def _write_config(base: Path, config: EnsembleConfig, block: dict, out: Path) ->
     log.info("wrote %s", out)
 
 
-def rule_table(block: dict, test: dict[str, dict] | None = None) -> str:
+def rule_table(block: dict, test: dict[str, dict] | None = None, split: str = "test") -> str:
     """Markdown: every vote rule's parameters, its cross-validated val figures (what chose the
-    rule), its val figures, and `test` figures per rule when given."""
+    rule), its val figures, and the figures of another split per rule (`test`) when given."""
     cols = ["binary_acc", "balanced_acc", "auc", "acc19"]
     goal = "balanced acc" if block["criterion"] == "balanced" else "TPR at the FPR"
     head = f"| rule | parameters | val CV {goal} | val CV acc | "
     head += " | ".join(f"val {c}" for c in cols)
     if test:
-        head += " | " + " | ".join(f"test {c}" for c in cols)
+        head += " | " + " | ".join(f"{split} {c}" for c in cols)
     lines = [head + " |", "|---|---|" + "---:|" * (2 + len(cols) * (2 if test else 1))]
     for name, r in block["rules"].items():
         v = r["vote"]

@@ -107,6 +107,10 @@ def _infer(args: argparse.Namespace) -> None:
     if len(result.table):
         emergencies = int(result.table["emergency"].fillna(False).astype(bool).sum())
         print(f"{emergencies} of {len(result.table)} files hold an emergency")
+        ok = result.table[result.table["status"] == "ok"]
+        undecided = int((~ok["decided"].astype(bool)).sum()) if "decided" in ok else 0
+        if undecided:
+            print(f"{undecided} files without a decision: every member abstained on every window")
     print(f"predictions: {result.out / 'predictions.csv'} (and predictions.jsonl, windows.jsonl)")
 
 

@@ -170,7 +170,7 @@ def run_demo(args: argparse.Namespace) -> dict:
         results[f"{split}_majority"] = evaluate(
             majority, manifest, report / "majority", split=split
         )
-        table = rule_table(block, score_rules(config, pred, manifest, split))
+        table = rule_table(block, score_rules(config, pred, manifest, split), split)
         (report / "vote_rules.md").write_text(
             f"Every vote rule, chosen on val ({block['val']['n_files']} files), scored once on "
             f"{split} ({results[split]['n_files']} files):\n\n{table}\n",
