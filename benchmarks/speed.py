@@ -73,7 +73,7 @@ def build_audio(manifest: Path, out: Path, min_minutes: float, split: str = "tes
 
 
 def audio_files(folder: Path) -> list[Path]:
-    from ensemble.pipeline import list_audio
+    from ensemble.windows import list_audio
 
     return list_audio(folder)
 
@@ -83,7 +83,7 @@ def audio_files(folder: Path) -> list[Path]:
 
 def whisper_source(config: str):
     """The Whisper backbone of the ensemble's Whisper member."""
-    from ensemble.pipeline import load_config
+    from ensemble.config import load_config
     from whisper_head.module import WhisperHeadModule
 
     spec = next(

@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from ensemble.config import EnsembleConfig, load_config, relative_to
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.manifest import link_split
-from ensemble.pipeline import EnsembleConfig, infer, load_config
+from ensemble.pipeline import infer
 from ensemble.revote import Run, figures, read_run, revote
 from ensemble.rows import MemberTable, vote
 from ensemble.tuning import RULE_ORDER, Criterion, Goal, Search, auc, class_weights, with_rule
@@ -165,8 +166,11 @@ def _write_config(base: Path, config: EnsembleConfig, block: dict, out: Path) ->
     specs = {s.name: s for s in config.members}
     for member in raw["members"]:
         spec = specs[member["name"]]
+        member["checkpoint"] = relative_to(spec.checkpoint, out.parent)
         for key in ("threshold", "weight", "abstain_no_speech", "class_weight"):
             member[key] = getattr(spec, key)
+    if config.labels:
+        raw["labels"] = relative_to(config.labels, out.parent)
     raw["vote"] = _rule_dict(config.vote)
     raw["calibration"] = json.loads(json.dumps(block, default=float).replace("NaN", "null"))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,7 +84,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _infer(args: argparse.Namespace) -> None:
-    from ensemble.pipeline import infer, load_config
+    from ensemble.config import load_config
+    from ensemble.pipeline import infer
 
     config = load_config(args.config, batch_size=args.batch_size, device=args.device)
     result = infer(

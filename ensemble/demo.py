@@ -79,11 +79,16 @@ def fit_member(
 
 
 def ensemble_config(base: Path, checkpoints: dict[str, Path], path: Path) -> Path:
-    """The ensemble config `base` with each member's checkpoint replaced by the demo's."""
+    """The ensemble config `base` with each member's checkpoint replaced by the demo's (relative
+    to the written file's folder, as config paths are)."""
+    from ensemble.config import relative_to
+
     raw = yaml.safe_load(base.read_text())
     for member in raw["members"]:
         package = member["class_path"].split(".")[0]
-        member["checkpoint"] = str(checkpoints[package])
+        member["checkpoint"] = relative_to(checkpoints[package], path.parent)
+    if raw.get("labels"):
+        raw["labels"] = relative_to(base.parent / raw["labels"], path.parent)
     path.write_text(yaml.safe_dump(raw, sort_keys=False, allow_unicode=True))
     return path
 
@@ -114,11 +119,12 @@ def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str
 def run_demo(args: argparse.Namespace) -> dict:
     """The demo end to end; returns {split: metrics} for the test split and the held-out one."""
     from ensemble.calibrate import calibrate, rule_table, score_rules
+    from ensemble.config import load_config
     from ensemble.core.demo.build import CEILING_FILE
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import link_split
     from ensemble.evaluate import evaluate, interval_table, report_table, with_ci
-    from ensemble.pipeline import infer, load_config
+    from ensemble.pipeline import infer
     from ensemble.revote import read_run, write_revote
 
     t0 = time.perf_counter()

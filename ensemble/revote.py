@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from ensemble.config import EnsembleConfig
 from ensemble.core.labels import Taxonomy
 from ensemble.core.manifest import clips, read_manifest
 from ensemble.core.metrics import bootstrap_ci
-from ensemble.pipeline import EnsembleConfig, read_rows
 from ensemble.rows import MemberTable, RowMaker, error_row
+from ensemble.writer import read_rows
 
 # --- a finished run and its labels ------------------------------------------------------------
 

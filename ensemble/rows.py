@@ -23,9 +23,9 @@ import numpy as np
 from ensemble.core.labels import Taxonomy
 from ensemble.vote import Decision, decide, merge_segments, rollup
 
-if TYPE_CHECKING:  # the config module imports this one
+if TYPE_CHECKING:
+    from ensemble.config import EnsembleConfig
     from ensemble.core.member import MemberOutput
-    from ensemble.pipeline import EnsembleConfig
 
 DECIMALS = 6
 

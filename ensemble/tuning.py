@@ -19,8 +19,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
+from ensemble.config import EnsembleConfig
 from ensemble.core.labels import Taxonomy
-from ensemble.pipeline import EnsembleConfig
 from ensemble.revote import Run, balanced, figures, revote
 from ensemble.rows import MemberTable, vote
 from ensemble.vote import Stack, VoteRule, logit

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from ensemble.calibrate import calibrate, rule_table
+from ensemble.config import load_config
 from ensemble.core.labels import load_taxonomy
-from ensemble.pipeline import infer, load_config
+from ensemble.pipeline import infer
 from ensemble.revote import figures, read_run, revote
 from ensemble.tuning import Goal, best_cut
 from ensemble.vote import VoteRule

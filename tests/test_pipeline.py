@@ -14,9 +14,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
+from ensemble.config import load_config
 from ensemble.core.aihub import import_aihub
-from ensemble.pipeline import EnsembleModule, infer, list_audio, load_config
+from ensemble.members import EnsembleModule
+from ensemble.pipeline import infer
 from ensemble.vote import VoteRule, decide
+from ensemble.windows import list_audio
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMBERS = ["whisper_head", "keyword_judge", "cnn", "anomaly"]
@@ -289,20 +292,20 @@ def test_special_files_and_a_stalled_file_are_error_rows_within_seconds(
 ):
     import threading
 
-    import ensemble.pipeline as pipeline
+    import ensemble.windows as windows
 
     folder = copy_clips(good_clips(demo, 2), tmp_path / "in")
     os.mkfifo(folder / "fifo.wav")  # opened for reading, it would block until a writer comes
     os.symlink("/dev/zero", folder / "device.wav")  # a character device: endless zeros
     shutil.copy(next(folder.rglob("good0.wav")), folder / "stall.wav")
-    real = pipeline.stream_windows
+    real = windows.stream_windows
 
     def stalling(path, *args, **kwargs):  # a network file that stops answering
         if Path(path).name == "stall.wav":
             time.sleep(30)
         yield from real(path, *args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "stream_windows", stalling)
+    monkeypatch.setattr(windows, "stream_windows", stalling)
     config = load_config(ensemble_config, read_timeout_s=2.0)
     result = {}
     worker = threading.Thread(
@@ -320,3 +323,25 @@ def test_special_files_and_a_stalled_file_are_error_rows_within_seconds(
     ok = table[table["status"] == "ok"]
     assert sorted(ok.index) == ["sub0/good0.wav", "sub1/good1.wav"]
     assert ok["emergency"].notna().all() and result["r"].n_errors == 3
+
+
+def test_config_paths_are_relative_to_the_config_file(demo, ensemble_config, tmp_path, monkeypatch):
+    import yaml
+
+    from ensemble.config import relative_to
+
+    raw = yaml.safe_load(ensemble_config.read_text())
+    home = tmp_path / "deep" / "configs"
+    home.mkdir(parents=True)
+    for member in raw["members"]:
+        member["checkpoint"] = relative_to(member["checkpoint"], home)
+        assert not Path(member["checkpoint"]).is_absolute()
+    (home / "ensemble.yaml").write_text(yaml.safe_dump(raw))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # neither the repository nor the config's folder
+    config = load_config(Path("..") / "deep" / "configs" / "ensemble.yaml")
+    assert all(Path(m.checkpoint).is_file() for m in config.members)
+    folder = copy_clips(good_clips(demo, 1), tmp_path / "in")
+    result = infer(folder, tmp_path / "out", config)
+    assert result.n_files == 1 and result.n_errors == 0
