@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble.fit import LIGHTNING
+
 log = logging.getLogger("emergency-ensemble")
 
 
@@ -78,9 +80,44 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from ensemble.demo import run_demo
+    from ensemble.demo import DemoOptions, run_demo
 
-    run_demo(args)
+    split = split_options(args)
+    held = split.pop("holdout_sources")
+    split.pop("seed")
+    run_demo(
+        DemoOptions(
+            out=args.out,
+            config=args.config,
+            per_class=args.per_class,
+            seed=args.seed,
+            workers=args.workers,
+            cache=args.cache,
+            split=split,
+            holdout_sources=() if held == ("none",) else (held or None),
+            compare=not args.no_compare,
+            fit_args=args.fit_args,
+            reuse_fits=args.reuse_fits,
+        )
+    )
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from ensemble.evaluate import evaluate, interval_table, report_table
+
+    metrics = evaluate(
+        args.predictions,
+        args.manifest,
+        args.out,
+        args.labels,
+        args.timelines,
+        args.seed,
+        args.split,
+    )
+    print(report_table(metrics))
+    print()
+    print(interval_table(metrics))
+    print(f"report: {args.out / 'report.md'}; metrics: {args.out / 'metrics.json'}")
 
 
 def _infer(args: argparse.Namespace) -> None:
@@ -130,31 +167,6 @@ def _calibrate(args: argparse.Namespace) -> None:
     )
     print(rule_table(block))
     print(f"chosen: {block['chosen_rule']}; config: {args.out}")
-
-
-LIGHTNING = ("fit", "validate", "test", "predict")
-
-
-def lightning(argv: list[str] | None, run: bool = True):
-    """`fit|validate|test|predict --config configs/<member>.yaml`: LightningCLI over any member.
-
-    The member and the data come from `class_path` entries of the config, so this module imports no
-    member. Checkpoints and logs go to the trainer's `default_root_dir`. With `run=False` (no
-    subcommand in `argv`) the CLI only builds the trainer, model and datamodule, and returns them.
-    """
-    from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
-
-    return LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,  # members build their own optimiser from their arguments
-        save_config_kwargs={"overwrite": True},
-        run=run,
-        args=argv,
-    )
 
 
 def _fractions(p: argparse.ArgumentParser, holdout_default: str = "none") -> None:
@@ -290,11 +302,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-fpr", type=float, default=0.05, help="with --criterion fpr")
     p.set_defaults(func=_calibrate)
 
-    sub.add_parser(  # parsed by ensemble.evaluate.main: listed here for --help only
-        "evaluate",
-        add_help=False,
-        help="metrics, report and plots of predictions against a manifest (see `evaluate --help`)",
+    p = sub.add_parser(
+        "evaluate", help="metrics, report and plots of predictions against a manifest"
     )
+    p.add_argument("predictions", type=Path, help="infer output dir, or its predictions.jsonl")
+    p.add_argument("manifest", type=Path, help="manifest CSV/JSONL with the true labels")
+    p.add_argument("--out", type=Path, required=True, help="folder for metrics.json, report, plots")
+    p.add_argument("--labels", default=None, help="taxonomy YAML (default configs/labels.yaml)")
+    p.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
+    p.add_argument("--seed", type=int, default=0, help="seed of the timeline sample")
+    p.add_argument("--split", default=None, help="expect only this split's clips, e.g. test")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "demo", help="the main job: demo data, fit every member, infer on the test split, report"
@@ -330,16 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     if words and words[0] in LIGHTNING:
-        lightning(argv)  # None: LightningCLI reads sys.argv itself
-        return 0
-    if words and words[0] == "evaluate":
-        from ensemble.evaluate import main as evaluate
+        from ensemble.fit import lightning
 
-        try:
-            evaluate(words[1:])
-        except (ValueError, FileNotFoundError) as e:
-            logging.getLogger("emergency-ensemble").error("%s", e)
-            return 1
+        lightning(argv)  # None: LightningCLI reads sys.argv itself
         return 0
     args = build_parser().parse_args(argv)
     logging.basicConfig(

@@ -9,11 +9,9 @@ and the held-out-source split side by side.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -28,54 +26,6 @@ DEMO_HOLDOUT = ("festival", "sonic-pi-samples")  # a voice engine and a sound pa
 
 def _stage(title: str, t0: float) -> None:
     print(f"\n=== {title} ({(time.perf_counter() - t0) / 60:.1f} min in) ===", flush=True)
-
-
-def fit_member(
-    name: str, config: Path, args: list[str], manifest: Path, out: Path, extra: list[str] = ()
-) -> Path:
-    """`emergency-ensemble fit --config CONFIG ARGS` into `out/NAME`; the best checkpoint is
-    linked (or copied) to `out/checkpoints/NAME.ckpt` (the last one when nothing was monitored).
-    `{out}` in an argument stands for `out`."""
-    from ensemble.cli import lightning
-
-    raw = yaml.safe_load(Path(config).read_text())
-    raw.pop("weights_only", None)  # a key of `emergency-ensemble fit`, not of LightningCLI
-    root = out / name
-    root.mkdir(parents=True, exist_ok=True)
-    shrunk = root / "config.in.yaml"
-    shrunk.write_text(yaml.safe_dump(raw, allow_unicode=True))
-    logger = []
-    if isinstance(raw["trainer"].get("logger"), dict):
-        logger = [
-            f"--trainer.logger.init_args.save_dir={root}",
-            "--trainer.logger.init_args.name=logs",
-        ]
-    cli = lightning(
-        [
-            "--config",
-            str(shrunk),
-            *(a.replace("{out}", str(out)) for a in args),
-            f"--data.init_args.manifest={manifest}",
-            f"--trainer.default_root_dir={root}",
-            *logger,
-            *extra,
-        ],
-        run=False,
-    )
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    callback = cli.trainer.checkpoint_callback
-    best = Path(callback.best_model_path or callback.last_model_path) if callback else None
-    target = out / "checkpoints" / f"{name}.ckpt"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.unlink(missing_ok=True)
-    if best is None or not best.is_file():
-        cli.trainer.save_checkpoint(target, weights_only=True)
-    else:
-        try:
-            os.link(best, target)  # no second copy of a 300 MB Whisper checkpoint
-        except OSError:
-            shutil.copyfile(best, target)
-    return target
 
 
 def ensemble_config(base: Path, checkpoints: dict[str, Path], path: Path) -> Path:
@@ -93,30 +43,52 @@ def ensemble_config(base: Path, checkpoints: dict[str, Path], path: Path) -> Pat
     return path
 
 
-def build_data(args: argparse.Namespace, data: Path, manifest: Path) -> list[str]:
+@dataclass
+class DemoOptions:
+    """What `run_demo` does: where, with which plan, on how much data."""
+
+    out: Path = Path("runs/demo")
+    config: Path = Path("configs/demo.yaml")  # the members' configs and shrinking arguments
+    per_class: int = 80  # demo clips of every class, all splits together
+    seed: int = 0  # of the data and of the split
+    workers: int = 2  # processes building the clips
+    cache: Path | None = None  # sound-package cache (None: ~/.cache/emergency-ensemble)
+    split: dict = field(default_factory=dict)  # more `split_manifest` keyword arguments
+    holdout_sources: tuple[str, ...] | None = None  # None: DEMO_HOLDOUT; (): nothing held out
+    compare: bool = True  # the split report's table of what each grouping would leak
+    fit_args: list[str] = field(default_factory=list)  # LightningCLI overrides for every member
+    reuse_fits: bool = False  # keep members already fitted in OUT/checkpoints
+
+
+def build_data(options: DemoOptions, data: Path, manifest: Path) -> list[str]:
     """Demo clips under `data`, imported and split into `manifest` (report beside it); returns
     the splits to score: test, and holdout when sources are held out."""
-    from ensemble.cli import split_options
     from ensemble.core.aihub import import_aihub
     from ensemble.core.demo.build import make_demo_data
     from ensemble.core.manifest import HOLDOUT, summarize
     from ensemble.core.split_report import write_split
 
     t0 = time.perf_counter()
-    truths = make_demo_data(data, args.per_class, args.seed, cache=args.cache, workers=args.workers)
+    truths = make_demo_data(
+        data, options.per_class, options.seed, cache=options.cache, workers=options.workers
+    )
     log.info("wrote %d clips to %s in %.1f s", len(truths), data, time.perf_counter() - t0)
     df, report = import_aihub(data)
     if report.errors or report.unpaired_audio or report.unpaired_labels:
         raise RuntimeError(f"the demo data did not import cleanly:\n{report.summary()}")
+    held = DEMO_HOLDOUT if options.holdout_sources is None else options.holdout_sources
     result, _, split_report = write_split(
-        df, manifest, compare=not args.no_compare, **split_options(args)
+        df,
+        manifest,
+        compare=options.compare,
+        **{**options.split, "seed": options.seed, "holdout_sources": tuple(held)},
     )
     print(split_report)
     print(summarize(result.df))
     return ["test", *([HOLDOUT] if (result.df["split"] == HOLDOUT).any() else [])]
 
 
-def run_demo(args: argparse.Namespace) -> dict:
+def run_demo(options: DemoOptions) -> dict:
     """The demo end to end; returns {split: metrics} for the test split and the held-out one."""
     from ensemble.calibrate import calibrate, rule_table, score_rules
     from ensemble.config import load_config
@@ -124,29 +96,27 @@ def run_demo(args: argparse.Namespace) -> dict:
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import link_split
     from ensemble.evaluate import evaluate, interval_table, report_table, with_ci
+    from ensemble.fit import fit_member
     from ensemble.pipeline import infer
     from ensemble.revote import read_run, write_revote
 
     t0 = time.perf_counter()
-    out = Path(args.out)
+    out = Path(options.out)
     data, manifest = out / "data", out / "manifest.csv"
-    plan = yaml.safe_load(Path(args.config).read_text())
-    if args.holdout_source == ["none"]:
-        args.holdout_source = []
-    elif not args.holdout_source:
-        args.holdout_source = list(DEMO_HOLDOUT)
+    plan = yaml.safe_load(Path(options.config).read_text())
+    held = DEMO_HOLDOUT if options.holdout_sources is None else options.holdout_sources
     _stage("1/6 demo data", t0)
-    splits = build_data(args, data, manifest)
+    splits = build_data(options, data, manifest)
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):
         _stage(f"2/6 fit {name} ({i + 1} of {len(plan['members'])})", t0)
         kept = out / "checkpoints" / f"{name}.ckpt"
-        if getattr(args, "reuse_fits", False) and kept.is_file():
+        if options.reuse_fits and kept.is_file():
             checkpoints[name] = kept
             print(f"{name}: reusing {kept} (--reuse-fits)")
             continue
         checkpoints[name] = fit_member(
-            name, REPO / member["config"], member.get("args", []), manifest, out, args.fit_args
+            name, REPO / member["config"], member.get("args", []), manifest, out, options.fit_args
         )
         print(f"{name}: {checkpoints[name]}")
     base = ensemble_config(REPO / plan["ensemble"], checkpoints, out / "ensemble.yaml")
@@ -185,11 +155,7 @@ def run_demo(args: argparse.Namespace) -> dict:
     _stage("6/6 done", t0)
     for split in splits:
         metrics = results[split]
-        what = (
-            "in-domain test split"
-            if split == "test"
-            else "held-out sources: " + ", ".join(args.holdout_source)
-        )
+        what = "in-domain test split" if split == "test" else "held-out sources: " + ", ".join(held)
         print(f"\n{split} ({what}), {metrics['n_files']} files, the calibrated ensemble:\n")
         print(report_table(metrics))
         print()

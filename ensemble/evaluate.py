@@ -9,12 +9,11 @@ matches each prediction to a manifest clip, and writes to `out/`:
     confusion_<m>.png   19-class confusion of the ensemble and of each member with a class output
     timelines.png       true segments above predicted events, for a few files
 
-    python -m ensemble.evaluate PREDICTIONS MANIFEST --out DIR [--labels YAML] [--timelines 8]
+    emergency-ensemble evaluate PREDICTIONS MANIFEST --out DIR [--labels YAML] [--timelines 8]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -540,38 +539,3 @@ def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
             more = f" (first {N_LISTED} of {n})" if n > N_LISTED else ""
             lines += ["", f"{what}{more}:", *(f"- {p}" for p in metrics[key])]
     return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        prog="emergency-ensemble evaluate", description=__doc__.split("\n")[0]
-    )
-    parser.add_argument("predictions", help="infer output dir, or its predictions.jsonl")
-    parser.add_argument("manifest", help="manifest CSV/JSONL with the true labels")
-    parser.add_argument("--out", required=True, help="folder for metrics.json, report.md, plots")
-    parser.add_argument(
-        "--labels", default=None, help="taxonomy YAML (default configs/labels.yaml)"
-    )
-    parser.add_argument("--timelines", type=int, default=8, help="files drawn in timelines.png")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the timeline sample")
-    parser.add_argument("--split", default=None, help="expect only this split's clips, e.g. test")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = evaluate(
-        args.predictions,
-        args.manifest,
-        args.out,
-        args.labels,
-        args.timelines,
-        args.seed,
-        args.split,
-    )
-    print(report_table(metrics))
-    print()
-    print(interval_table(metrics))
-    print(f"report: {Path(args.out) / 'report.md'}; metrics: {Path(args.out) / 'metrics.json'}")
-    return metrics
-
-
-if __name__ == "__main__":
-    main()

@@ -13,8 +13,9 @@ import pytest
 import soundfile as sf
 from sklearn.metrics import roc_auc_score
 
+from ensemble.cli import main
 from ensemble.core.labels import load_taxonomy
-from ensemble.evaluate import evaluate, main, rasterize
+from ensemble.evaluate import evaluate, rasterize
 
 TAX = load_taxonomy()
 NAN = float("nan")
@@ -239,6 +240,7 @@ def test_nothing_matches_raises(tmp_path):
 
 def test_main_prints_the_table(tmp_path, capsys):
     infer, manifest = _write(tmp_path)
-    main([str(infer), str(manifest), "--out", str(tmp_path / "out"), "--timelines", "2"])
+    args = [str(infer), str(manifest), "--out", str(tmp_path / "out"), "--timelines", "2"]
+    assert main(["evaluate", *args]) == 0
     printed = capsys.readouterr().out
     assert "| ensemble |" in printed and str(tmp_path / "out" / "report.md") in printed
