@@ -39,7 +39,8 @@ from anomaly.model import AnomalyNet, AnomalyNetConfig
 from anomaly.module import AnomalyModule
 from ensemble.core.audio import samples_to_timesteps
 from ensemble.core.data import AudioDataModule, valid_samples
-from ensemble.core.metrics import binary_metrics, plot_roc, write_json
+from ensemble.core.metrics import binary_metrics, write_json
+from ensemble.core.plots import plot_roc
 
 log = logging.getLogger("anomaly_comparison")
 VARIANTS = {"avg": "multi-scale average", "max": "multi-scale max", "resize": "plain resize"}

@@ -94,7 +94,8 @@ def whisper_source(config: str):
 
 def export_weights(config: str, work: Path) -> dict[str, Path]:
     """The Whisper member's weights as an openai-whisper `.pt` and a CTranslate2 int8 folder."""
-    from whisper_head.export import export_ct2, save_openai, weights_digest
+    from whisper_head.ct2 import export_ct2, weights_digest
+    from whisper_head.export import save_openai
     from whisper_head.weights import read_bundle
 
     backbone = whisper_source(config)

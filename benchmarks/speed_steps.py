@@ -65,7 +65,7 @@ PROFILED = [  # (file suffix or "", function, stage)
     ("whisper_head/model.py", "encode", "Whisper encoder (+ layer states)"),
     ("", "frame_logits", "timestep head"),
     ("", "_first_step", "decoder first step (language, no-speech)"),
-    ("whisper_head/decode.py", "generate", "decoding (CTranslate2)"),
+    ("whisper_head/ct2/generator.py", "generate", "decoding (CTranslate2)"),
     ("", "_generate_transformers", "decoding (transformers)"),
     ("", "judge_batch", "keyword judge"),
     ("cnn/module.py", "predict_step", "mel CNN"),

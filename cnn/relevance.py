@@ -27,15 +27,13 @@ from captum.attr import LRP, IntegratedGradients
 from cnn.model import MelCNN
 from cnn.module import CNNModule
 from ensemble.core.audio import (
-    FRAMES_PER_SECOND,
     HOP_LENGTH,
     N_SAMPLES,
     AudioError,
     load_audio,
     seconds_to_samples,
 )
-from ensemble.core.labels import Taxonomy
-from ensemble.core.metrics import pyplot, save_figure
+from ensemble.core.plots import plot_relevance
 
 log = logging.getLogger(__name__)
 
@@ -85,28 +83,6 @@ def relevance_map(
         target=column + 1,
         probs=probs.cpu().numpy(),
     )
-
-
-def plot_relevance(rel: Relevance, taxonomy: Taxonomy, path: str | Path, title: str = "") -> Path:
-    """Two panels over time: the log-mel, and the relevance (red for, blue against the class)."""
-    plt = pyplot()
-    F, T = rel.mel.shape
-    extent = (0, T / FRAMES_PER_SECOND, 0, F)
-    limit = float(np.quantile(np.abs(rel.relevance), 0.995)) or 1.0
-    fig, axes = plt.subplots(2, 1, figsize=(12, 5.5), sharex=True)
-    axes[0].imshow(rel.mel, origin="lower", aspect="auto", extent=extent, cmap="magma")
-    axes[0].set_ylabel("mel bin")
-    axes[0].set_title(title or "log-mel")
-    im = axes[1].imshow(
-        rel.relevance, origin="lower", aspect="auto", extent=extent, cmap="bwr",
-        vmin=-limit, vmax=limit,
-    )  # fmt: skip
-    c = taxonomy[rel.target]
-    axes[1].set_title(f"relevance for '{c.en}' (p = {rel.probs[rel.target - 1]:.2f})")
-    axes[1].set_ylabel("mel bin")
-    axes[1].set_xlabel("time (s)")
-    fig.colorbar(im, ax=axes, fraction=0.02, pad=0.01)
-    return save_figure(fig, path, dpi=100)
 
 
 def explain_files(

@@ -103,7 +103,8 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from ensemble.evaluate import evaluate, interval_table, report_table
+    from ensemble.evaluate import evaluate
+    from ensemble.report import interval_table, report_table
 
     metrics = evaluate(
         args.predictions,

@@ -95,9 +95,10 @@ def run_demo(options: DemoOptions) -> dict:
     from ensemble.core.demo.build import CEILING_FILE
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import link_split
-    from ensemble.evaluate import evaluate, interval_table, report_table, with_ci
+    from ensemble.evaluate import evaluate
     from ensemble.fit import fit_member
     from ensemble.pipeline import infer
+    from ensemble.report import interval_table, report_table, with_ci
     from ensemble.revote import read_run, write_revote
 
     t0 = time.perf_counter()

@@ -14,10 +14,8 @@ matches each prediction to a manifest clip, and writes to `out/`:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,129 +31,15 @@ from ensemble.core.metrics import (
     cer_metrics,
     class_confusion,
     class_metrics,
-    plot_confusion,
-    plot_roc,
-    pyplot,
-    save_figure,
     write_json,
 )
+from ensemble.core.plots import Timeline, plot_confusion, plot_roc, plot_timelines
+from ensemble.matching import Matched, match, member_names, read_predictions, sources
+from ensemble.report import ENSEMBLE, N_LISTED, report_text
 
 log = logging.getLogger(__name__)
 
-ENSEMBLE = "ensemble"
-# the members whose timesteps give a file's `events` and whose decoding gives its `transcript`:
-# named by the run's run.json (`sources`); these for runs written before it did
-TIMESTEP_MEMBER = "whisper_head"
-TRANSCRIPT_MEMBER = "keyword_judge"
-COLUMNS = (
-    "abstain",
-    "acc19",
-    "macro_f1",
-    "binary_acc",
-    "precision",
-    "recall",
-    "f1",
-    "auc",
-    "pauc",
-    "timestep_acc",
-    "event_timestep_acc",
-    "cer",
-    "cer_nospace",
-)
-CI_COLUMNS = ("acc19", "acc19_identifiable", "binary_acc", "auc")  # shown with 95 % intervals
-N_LISTED = 10  # unmatched predictions / clips without a prediction named in the report
 NAN = math.nan
-
-
-@dataclass
-class Matched:
-    """One ok prediction row and the manifest clip it belongs to."""
-
-    row: dict
-    clip: pd.Series
-
-
-# ---------------------------------------------------------------------------------------------
-# reading and matching
-
-
-def read_predictions(predictions: str | Path) -> tuple[list[dict], Path, Path]:
-    """(rows, inferred folder, predictions.jsonl) from an infer output dir or its jsonl file."""
-    path = Path(predictions)
-    if path.is_dir():
-        path = path / "predictions.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no predictions file")
-    rows = [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
-    run = path.parent / "run.json"
-    if run.is_file():
-        folder = Path(json.loads(run.read_text(encoding="utf-8"))["folder"])
-    else:
-        folder = path.parent
-        log.warning("%s: no run.json; prediction paths taken relative to %s", path, folder)
-    return rows, folder, path
-
-
-def _sources(run_json: Path) -> dict[str, list[str]]:
-    """Which members gave transcripts and events, from an infer run's run.json."""
-    run = json.loads(run_json.read_text(encoding="utf-8")) if run_json.is_file() else {}
-    if "sources" in run:
-        return run["sources"]
-    return {"transcript": [TRANSCRIPT_MEMBER], "events": [TIMESTEP_MEMBER]}
-
-
-def member_names(rows: list[dict]) -> list[str]:
-    """Every `p_<name>` key in the rows, in order of first appearance."""
-    names: dict[str, None] = {}
-    for row in rows:
-        for k in row:
-            if k.startswith("p_"):
-                names.setdefault(k[2:], None)
-    return list(names)
-
-
-def match(
-    rows: list[dict], table: pd.DataFrame, folder: Path
-) -> tuple[list[tuple[dict, int]], list[str], list[str]]:
-    """Pair prediction rows with clips (rows of `clips(manifest)`).
-
-    A prediction's `Path(folder, path).resolve()` is looked up among the resolved clip paths;
-    failing that, the one clip whose path ends with "/" + the prediction's path; failing that, the
-    one clip with the same file name. Returns ([(row, clip index)], unmatched prediction paths,
-    clip paths with no prediction).
-    """
-    resolved = {str(Path(p).resolve()): i for i, p in enumerate(table["path"])}
-    posix = [(Path(p).as_posix(), Path(p).resolve().as_posix()) for p in table["path"]]
-    by_name: dict[str, list[int]] = {}
-    for i, p in enumerate(table["path"]):
-        by_name.setdefault(Path(p).name, []).append(i)
-
-    pairs, unmatched, used = [], [], set()
-    for row in rows:
-        rel = str(row.get("path") or "")
-        i = resolved.get(str(Path(folder, rel).resolve())) if rel else None
-        if i is None and rel:
-            tail = "/" + Path(rel).as_posix().removeprefix("./")
-            hits = [j for j, ps in enumerate(posix) if any(p.endswith(tail) for p in ps)]
-            i = hits[0] if len(hits) == 1 else None
-        if i is None and rel:
-            hits = by_name.get(Path(rel).name, [])
-            i = hits[0] if len(hits) == 1 else None
-        if i is None or i in used:
-            if i in used:
-                log.warning("%s: a second prediction for %s; ignored", rel, table["path"][i])
-            unmatched.append(rel)
-            continue
-        used.add(i)
-        pairs.append((row, i))
-    missing = [p for i, p in enumerate(table["path"]) if i not in used]
-    return pairs, unmatched, missing
-
-
-# ---------------------------------------------------------------------------------------------
-# metrics
 
 
 def _class_id(name, taxonomy: Taxonomy, sentinel: int) -> int:
@@ -311,50 +195,6 @@ def score_one(
 # report and plots
 
 
-def _fmt(v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
-
-
-def report_table(metrics: dict) -> str:
-    """The Markdown table: one row per member, then the ensemble; NaN or absent shown as "–"."""
-    rows = [*metrics["members"].items(), (ENSEMBLE, metrics[ENSEMBLE])]
-    lines = [
-        "| model | " + " | ".join(COLUMNS) + " |",
-        "|---|" + "---:|" * len(COLUMNS),
-        *(f"| {n} | " + " | ".join(_fmt(m.get(c)) for c in COLUMNS) + " |" for n, m in rows),
-    ]
-    return "\n".join(lines)
-
-
-def with_ci(m: dict, c: str) -> str:
-    ci = m.get(f"{c}_ci")
-    return _fmt(m.get(c)) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and None not in ci else "")
-
-
-def interval_table(metrics: dict) -> str:
-    """Accuracies and AUC with their bootstrap 95 % intervals, one row per model."""
-    rows = [*metrics["members"].items(), (ENSEMBLE, metrics[ENSEMBLE])]
-    n_sure = metrics[ENSEMBLE].get("n_identifiable", 0)
-    names = {"acc19_identifiable": f"acc19 on identifiable ({n_sure})"}
-    return "\n".join(
-        [
-            "| model | " + " | ".join(names.get(c, c) for c in CI_COLUMNS) + " |",
-            "|---|" + "---|" * len(CI_COLUMNS),
-            *(f"| {n} | " + " | ".join(with_ci(m, c) for c in CI_COLUMNS) + " |" for n, m in rows),
-        ]
-    )
-
-
-def _color(label, taxonomy: Taxonomy) -> str:
-    if label is None:
-        return "black"
-    try:
-        i = taxonomy.id(label)
-    except KeyError:
-        return "grey"
-    return "black" if i == 0 else "red" if taxonomy.classes[i].emergency else "blue"
-
-
 def sample_files(matched: list[Matched], y: np.ndarray, k: int, seed: int) -> list[int]:
     """Up to `k` indices, half emergencies and half normals where both exist (deterministic)."""
     rng = np.random.default_rng(seed)
@@ -364,54 +204,31 @@ def sample_files(matched: list[Matched], y: np.ndarray, k: int, seed: int) -> li
     return sorted(chosen, key=lambda i: (not y[i], Path(matched[i].row["path"]).name))
 
 
-def plot_timelines(
+def draw_timelines(
     matched: list[Matched], y: np.ndarray, taxonomy: Taxonomy, path: Path, k: int, seed: int
 ) -> Path | None:
-    """Truth strip above prediction strip per sampled file; red emergency, blue normal, black none."""
+    """`plot_timelines` of up to `k` sampled files with a duration: truth above prediction."""
     matched_d = [m for m in matched if m.row.get("duration_s")]
     y = np.array([y[i] for i, m in enumerate(matched) if m.row.get("duration_s")], dtype=bool)
     chosen = sample_files(matched_d, y, k, seed)
     if not chosen:
         log.warning("no files with a duration to draw timelines of")
         return None
-    plt = pyplot()
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(10, 0.9 * len(chosen) + 1.2))
-    ticks, names, x_max = [], [], 0.0
-    for row_i, i in enumerate(chosen):
+    rows = []
+    for i in chosen:
         m = matched_d[i]
-        d = float(m.row["duration_s"])
-        x_max = max(x_max, d)
-        base = 3 * (len(chosen) - 1 - row_i)
-        true_label = taxonomy[m.clip["label"]].en
         pred = m.row.get("class")
         pred_label = taxonomy[pred].en if _class_id(pred, taxonomy, -1) > 0 else str(pred or "-")
-        strips = (
-            (base + 1.5, m.clip["segments"], f"{Path(m.row['path']).name}  true: {true_label}"),
-            (base + 0.5, m.row.get("events") or [], f"pred: {pred_label}"),
+        rows.append(
+            Timeline(
+                f"{Path(m.row['path']).name}  true: {taxonomy[m.clip['label']].en}",
+                float(m.row["duration_s"]),
+                list(m.clip["segments"]),
+                f"pred: {pred_label}",
+                [tuple(e) for e in m.row.get("events") or []],
+            )
         )
-        for y0, segments, label in strips:
-            ax.broken_barh([(0, d)], (y0, 0.9), color="black")
-            for start, end, lab in segments:
-                whole = start is None or end is None or math.isnan(start) or math.isnan(end)
-                a, b = (0.0, d) if whole else (max(start, 0.0), min(end, d))
-                ax.broken_barh([(a, b - a)], (y0, 0.9), color=_color(lab, taxonomy))
-            ticks.append(y0 + 0.45)
-            names.append(label)
-    ax.set_yticks(ticks, names, fontsize=7)
-    ax.set_xlim(0, x_max or 1.0)
-    ax.set_xlabel("time (s)")
-    ax.set_title("truth (upper strip) vs prediction (lower strip)")
-    handles = [Patch(color=c, label=t) for c, t in (("red", "emergency"), ("blue", "normal"))]
-    ax.legend(
-        handles=[*handles, Patch(color="black", label="none")],
-        loc="upper left",
-        bbox_to_anchor=(1.0, 1.0),
-        fontsize=7,
-    )
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return plot_timelines(rows, taxonomy, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,9 +275,9 @@ def evaluate(
 
     members = member_names(rows)
     has_text = any(m.row.get("transcript") is not None for m in matched)
-    sources = _sources(pred_path.parent / "run.json")
-    text_owner = next((n for n in sources.get("transcript", []) if n in members), ENSEMBLE)
-    event_owner = next((n for n in sources.get("events", []) if n in members), None)
+    given = sources(pred_path.parent / "run.json")
+    text_owner = next((n for n in given.get("transcript", []) if n in members), ENSEMBLE)
+    event_owner = next((n for n in given.get("events", []) if n in members), None)
     results, arrays = {}, {}
     for name in [*members, ENSEMBLE]:
         results[name], arrays[name] = score_one(
@@ -493,7 +310,7 @@ def evaluate(
         plots.append(plot_confusion(cm, taxonomy, out / f"confusion_{name}.png", title))
     if timelines > 0:
         y = np.array([_is_emergency(m.clip, taxonomy) for m in matched], dtype=bool)
-        p = plot_timelines(matched, y, taxonomy, out / "timelines.png", timelines, seed)
+        p = draw_timelines(matched, y, taxonomy, out / "timelines.png", timelines, seed)
         plots += [p] if p else []
 
     metrics = {
@@ -508,34 +325,5 @@ def evaluate(
         "plots": [p.name for p in plots],
     }
     write_json(metrics, out / "metrics.json")
-    (out / "report.md").write_text(_report(metrics, pred_path, manifest), encoding="utf-8")
+    (out / "report.md").write_text(report_text(metrics, pred_path, manifest), encoding="utf-8")
     return metrics
-
-
-def _report(metrics: dict, pred_path: Path, manifest: str | Path) -> str:
-    lines = [
-        f"{metrics['n_files']} files evaluated ({pred_path} against {manifest}); "
-        f"{metrics['n_errors']} errors, {metrics['n_unmatched']} unmatched predictions, "
-        f"{metrics['n_missing']} manifest clips without a prediction",
-        "",
-        report_table(metrics),
-        "",
-        "Bootstrap 95 % intervals (files resampled 1000 times):",
-        "",
-        interval_table(metrics),
-        "",
-        *(
-            f"{name}: {m['speechless_votes']} emergency vote(s) on {m['n_speechless']} clips "
-            "without speech"
-            for name, m in metrics["members"].items()
-            if "speechless_votes" in m
-        ),
-        "",
-        "Plots: " + (", ".join(metrics["plots"]) or "none"),
-    ]
-    for key, what in (("unmatched", "Unmatched predictions"), ("missing", "Clips without one")):
-        n = metrics[f"n_{key}"]
-        if n:
-            more = f" (first {N_LISTED} of {n})" if n > N_LISTED else ""
-            lines += ["", f"{what}{more}:", *(f"- {p}" for p in metrics[key])]
-    return "\n".join(lines) + "\n"

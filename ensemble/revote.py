@@ -21,6 +21,7 @@ from ensemble.config import EnsembleConfig
 from ensemble.core.labels import Taxonomy
 from ensemble.core.manifest import clips, read_manifest
 from ensemble.core.metrics import bootstrap_ci
+from ensemble.matching import match
 from ensemble.rows import MemberTable, RowMaker, error_row
 from ensemble.writer import read_rows
 
@@ -46,8 +47,6 @@ class Run:
 
 def read_run(folder: Path, manifest: str | Path, split: str | None, taxonomy: Taxonomy) -> Run:
     """The run in `folder` (`infer` output) matched to the manifest's clips of `split` only."""
-    from ensemble.evaluate import match  # evaluate imports the plots; only this needs them
-
     run_json = json.loads((folder / "run.json").read_text(encoding="utf-8"))
     names = list(run_json["members"])
     df = read_manifest(manifest, taxonomy)

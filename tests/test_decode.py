@@ -17,11 +17,11 @@ from whisper_head.decode import (
     Transcript,
     generation_config,
     log_mel,
-    tokenizer_for,
     transcribe,
     transcribe_encoded,
 )
 from whisper_head.model import tiny_random_whisper
+from whisper_head.tokens import tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def test_real_judge_votes_on_the_call_for_help_only(real, tmp_path):
 def test_real_ct2_decoding_gives_the_same_transcripts(real, tmp_path):
     """The CTranslate2 export (fp32) decodes the shared encoder outputs of real speech, silence
     and noise to transformers' tokens, with its no-speech probability and close log-probs."""
-    from whisper_head.decode import CT2Generator
+    from whisper_head.ct2 import CT2Generator
 
     name, model, tokenizer = real
     speech = _espeak(tmp_path, "-v en-us -s 130", PHRASE)

@@ -8,20 +8,11 @@ import torch
 import whisper
 
 from whisper_head import decode
-from whisper_head.decode import (
-    CT2Generator,
-    DecodingOptions,
-    generation_config,
-    tokenizer_for,
-    transcribe_encoded,
-)
-from whisper_head.export import (
-    ct2_cache,
-    save_openai,
-    transformers_to_openai,
-    whisper_vocabulary,
-)
+from whisper_head.ct2 import CT2Generator, ct2_cache
+from whisper_head.decode import DecodingOptions, generation_config, transcribe_encoded
+from whisper_head.export import save_openai, transformers_to_openai
 from whisper_head.model import tiny_random_whisper
+from whisper_head.tokens import tokenizer_for, whisper_vocabulary
 from whisper_head.weights import load_whisper
 
 ctranslate2 = pytest.importorskip("ctranslate2")

@@ -12,7 +12,8 @@ from ensemble.core.data import AudioDataModule
 from whisper_head.cache import FeatureCache, file_digest, weights_digest
 from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
 from whisper_head.model import IGNORE, WhisperHeadConfig, WhisperHeadModel
-from whisper_head.module import WhisperHeadModule, clip_class_probs
+from whisper_head.module import WhisperHeadModule
+from whisper_head.readout import clip_class_probs
 
 LAYERED = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0, layer_weights=True)
 
@@ -241,7 +242,7 @@ def test_lam_only_scales_separate_gradients_with_a_frozen_encoder(data, tmp_path
 
 def test_clip_head_reads_the_picked_timesteps():
     from whisper_head.losses import block_cross_entropy, event_pick
-    from whisper_head.module import block_probs, peak_pick
+    from whisper_head.readout import block_probs, peak_pick
 
     config = WhisperHeadConfig(
         "random:tiny", 8, layer_weights=True, layer_norm=True, clip_head=True, dropout=0.0

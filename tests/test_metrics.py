@@ -14,11 +14,10 @@ from ensemble.core.metrics import (
     binary_metrics,
     class_confusion,
     class_metrics,
-    plot_confusion,
-    plot_roc,
     threshold_at_fpr,
     write_json,
 )
+from ensemble.core.plots import plot_confusion, plot_roc
 
 TAX = load_taxonomy()
 FIRE, FALL, INDOOR, VACUUM = (TAX.id(k) for k in ("fire", "fall", "indoor", "vacuum_cleaner"))

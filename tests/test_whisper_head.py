@@ -14,7 +14,8 @@ from whisper_head.model import (
     WhisperHeadModel,
     text_targets,
 )
-from whisper_head.module import WhisperHeadModule, clip_class_probs, smoothed_max, text_language
+from whisper_head.module import WhisperHeadModule, text_language
+from whisper_head.readout import clip_class_probs, smoothed_max
 
 TINY = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0)
 

@@ -10,6 +10,7 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from whisper_head import weights
+from whisper_head.cache import default_cache
 from whisper_head.ct2 import ct2_to_transformers, read_ct2, read_ct2_config
 from whisper_head.weights import load_whisper
 
@@ -190,7 +191,7 @@ def test_hub_id_offline_fails_clearly(monkeypatch):
 
 def test_default_cache_follows_the_project_variable(monkeypatch, tmp_path):
     monkeypatch.setenv("EMERGENCY_ENSEMBLE_CACHE", str(tmp_path))
-    assert weights.default_cache() == tmp_path / "whisper"
+    assert default_cache() == tmp_path / "whisper"
 
 
 @pytest.mark.skipif(

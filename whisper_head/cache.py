@@ -1,4 +1,5 @@
-"""A disk cache of frozen-encoder outputs: one fp16 `.npy` per window, read memory-mapped.
+"""Disk caches of the Whisper member: `default_cache`, the folder of converted and exported
+weights; `FeatureCache`, the frozen encoder's outputs, one fp16 `.npy` per window, read memory-mapped.
 
 When the encoder is frozen its output for a window never changes, so it is computed once and every
 epoch (and every later fit on the same weights) reads it back. An entry is named by a hash of
@@ -31,6 +32,14 @@ from tqdm.auto import tqdm
 from ensemble.core.audio import SAMPLE_RATE
 
 VERSION = 1  # bump when the layout of an entry changes
+
+
+def default_cache() -> Path:
+    """`$EMERGENCY_ENSEMBLE_CACHE/whisper`, else `~/.cache/emergency-ensemble/whisper`."""
+    root = (
+        os.environ.get("EMERGENCY_ENSEMBLE_CACHE") or Path.home() / ".cache" / "emergency-ensemble"
+    )
+    return Path(root) / "whisper"
 
 
 def progress(iterable, desc: str):

@@ -1,10 +1,11 @@
 """Transcription from precomputed Whisper encoder outputs: batched, greedy or beam, no timestamps.
 
 The encoder runs once per window outside this module's `transcribe_encoded`, so a timestep head and
-the decoder can share one encoder pass. Log-mel and tokenizer come from openai-whisper's shipped
-assets; the generation config is filled from its tokenizer so that transformers' `generate` works
-offline with a forced language. Language detection and the no-speech probability follow
-openai-whisper: one decoder step on the start-of-transcript token.
+the decoder can share one encoder pass. Log-mel comes from openai-whisper (the tokenizer from
+`tokens.tokenizer_for`); the generation config is filled from the tokenizer so that transformers'
+`generate` works offline with a forced language. Language detection and the no-speech probability
+follow openai-whisper: one decoder step on the start-of-transcript token. Decoding runs in
+transformers' `generate` or in a `Generator` such as `ct2.CT2Generator`.
 """
 
 from __future__ import annotations
@@ -14,21 +15,27 @@ import math
 from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 import transformers
 import whisper.audio
 import whisper.tokenizer
-from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+from transformers import GenerationConfig, WhisperForConditionalGeneration
 from transformers.modeling_outputs import BaseModelOutput
 
 from ensemble.core.audio import N_MELS, N_SAMPLES
+from whisper_head.tokens import (
+    MULTILINGUAL_VOCAB,
+    default_suppress_ids,
+    language_ids,
+    prompt_tokens,
+    task_tokens,
+    vocab_size,
+)
 
 log = logging.getLogger(__name__)
-
-MULTILINGUAL_VOCAB = 51865  # openai-whisper: a vocabulary this large or larger is multilingual
-ENGLISH_ONLY_LANGUAGES = 51765  # vocab - this - int(multilingual) = number of language tokens
 
 
 def log_mel(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -46,48 +53,6 @@ def log_mel(wave: torch.Tensor | np.ndarray) -> torch.Tensor:
     return torch.stack([whisper.audio.log_mel_spectrogram(row, N_MELS) for row in wave])
 
 
-def _vocab_size(model_or_config) -> int:
-    config = getattr(model_or_config, "config", model_or_config)
-    if not isinstance(config, WhisperConfig):
-        raise TypeError(f"expected a Whisper model or WhisperConfig, got {type(config).__name__}")
-    return config.vocab_size
-
-
-def tokenizer_for(model_or_config, language: str | None = None) -> whisper.tokenizer.Tokenizer:
-    """openai-whisper's tokenizer for the vocabulary of a model or `WhisperConfig` (task transcribe).
-
-    English-only vocabularies (< 51865) get the GPT-2 encoding and no language.
-    """
-    n_vocab = _vocab_size(model_or_config)
-    multilingual = n_vocab >= MULTILINGUAL_VOCAB
-    return whisper.tokenizer.get_tokenizer(
-        multilingual=multilingual,
-        num_languages=n_vocab - ENGLISH_ONLY_LANGUAGES - int(multilingual),
-        language=language if multilingual else None,
-        task="transcribe" if multilingual else None,
-    )
-
-
-def language_ids(tokenizer: whisper.tokenizer.Tokenizer, languages: Iterable[str]) -> list[int]:
-    """Token ids of language codes, raising ValueError on a code the vocabulary lacks."""
-    known = dict(zip(tokenizer.all_language_codes, tokenizer.all_language_tokens, strict=True))
-    missing = [code for code in languages if code not in known]
-    if missing:
-        raise ValueError(f"languages {missing} are not in this vocabulary; known: {sorted(known)}")
-    return [known[code] for code in languages]
-
-
-def _task_tokens(tokenizer: whisper.tokenizer.Tokenizer) -> set[int]:
-    t = tokenizer
-    return {t.transcribe, t.translate, t.sot, t.sot_prev, t.sot_lm, t.no_speech}
-
-
-def default_suppress_ids(tokenizer: whisper.tokenizer.Tokenizer) -> list[int]:
-    """Tokens never generated: openai-whisper's non-speech symbols and the task/start tokens
-    (the `suppress_ids` of CTranslate2's Whisper configs)."""
-    return sorted(set(tokenizer.non_speech_tokens) | _task_tokens(tokenizer))
-
-
 def generation_config(
     model: WhisperForConditionalGeneration,
     tokenizer: whisper.tokenizer.Tokenizer,
@@ -101,7 +66,7 @@ def generation_config(
     own language detection. `suppress_ids` (e.g. CTranslate2's `suppress_ids`) default to
     openai-whisper's non-speech tokens and task/start tokens.
     """
-    multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
+    multilingual = vocab_size(model) >= MULTILINGUAL_VOCAB
     suppress = default_suppress_ids(tokenizer) if suppress_ids is None else suppress_ids
     config = GenerationConfig(
         decoder_start_token_id=tokenizer.sot,
@@ -110,7 +75,7 @@ def generation_config(
         bos_token_id=tokenizer.eot,
         no_timestamps_token_id=tokenizer.no_timestamps,
         is_multilingual=multilingual,
-        suppress_tokens=sorted(set(suppress) | _task_tokens(tokenizer)),
+        suppress_tokens=sorted(set(suppress) | task_tokens(tokenizer)),
         begin_suppress_tokens=[tokenizer.encode(" ")[0], tokenizer.eot],
         return_timestamps=False,
     )
@@ -178,6 +143,19 @@ class Transcript:
         return not math.isnan(self.avg_logprob)
 
 
+class Generator(Protocol):
+    """A decoder other than transformers' `generate` (`ct2.CT2Generator`): text tokens and
+    avg_logprob per row of encoder outputs `(B, T, D)` and prompts."""
+
+    def generate(
+        self,
+        hidden: torch.Tensor,
+        prompts: list[list[int]],
+        options: DecodingOptions,
+        eot: int,
+    ) -> list[tuple[list[int], float]]: ...
+
+
 @torch.no_grad()
 def _first_step(
     model: WhisperForConditionalGeneration, hidden: torch.Tensor, tokenizer
@@ -196,14 +174,6 @@ def detect_language(
     ids = torch.tensor(language_ids(tokenizer, languages), device=logits.device)
     best = logits[:, ids].argmax(dim=-1)  # (B,)
     return [languages[i] for i in best.tolist()]
-
-
-def prompt_tokens(tokenizer, language: str, multilingual: bool) -> list[int]:
-    """`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>` (English-only: no language)."""
-    if not multilingual:
-        return [tokenizer.sot, tokenizer.no_timestamps]
-    lang = language_ids(tokenizer, [language])[0]
-    return [tokenizer.sot, lang, tokenizer.transcribe, tokenizer.no_timestamps]
 
 
 def _text_tokens(row: list[int], prompt_len: int, sot: int, eot: int) -> list[int]:
@@ -254,7 +224,7 @@ def _generate_transformers(
 ) -> list[tuple[list[int], float]]:
     """Text tokens and avg_logprob per row by transformers' `generate`: one batched call per
     language (window by window for beam search), then one teacher-forced pass for the log-probs."""
-    multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
+    multilingual = vocab_size(model) >= MULTILINGUAL_VOCAB
     texts: list[list[int]] = [[] for _ in langs]
     groups = [[i for i, x in enumerate(langs) if x == lang] for lang in sorted(set(langs))]
     if options.beam_size > 1:  # transformers' batched beam path drops rows it thinks finished
@@ -280,78 +250,13 @@ def _generate_transformers(
     return list(zip(texts, logprobs, strict=True))
 
 
-class CT2Generator:
-    """Decoding by CTranslate2 from encoder outputs of the PyTorch encoder.
-
-    The backbone is exported once per weights (`export.ct2_cache`); `compute_type` float32 gives
-    the transcripts of transformers' greedy decoding, int8 is faster and may change some words.
-    Prompts go per row, so windows of several languages decode in one batch.
-    """
-
-    def __init__(
-        self,
-        model: WhisperForConditionalGeneration,
-        compute_type: str = "float32",
-        threads: int = 0,
-        cache_dir: str | None = None,
-    ):
-        import ctranslate2
-
-        from whisper_head.export import ct2_cache
-
-        if compute_type not in ("float32", "int8", "int8_float32"):
-            raise ValueError(
-                f"compute_type must be float32, int8 or int8_float32: {compute_type!r}"
-            )
-        quantization = "float32" if compute_type == "float32" else "int8"
-        self.folder = ct2_cache(model, quantization, cache_dir)
-        self.model = ctranslate2.models.Whisper(
-            str(self.folder),
-            device="cpu",
-            compute_type=compute_type,
-            intra_threads=threads or torch.get_num_threads(),
-        )
-        self._ctranslate2 = ctranslate2
-
-    @staticmethod
-    def max_length(prompt_len: int, max_new_tokens: int) -> int:
-        """CTranslate2's `max_length` that allows `max_new_tokens` after a prompt: it decodes
-        min(max_length / 2, max_length - prompt_len + 1) tokens (at most 224 in a 448 context)."""
-        return max(2 * max_new_tokens, max_new_tokens + prompt_len - 1)
-
-    def generate(
-        self,
-        hidden: torch.Tensor,
-        prompts: list[list[int]],
-        options: DecodingOptions,
-        eot: int,
-    ) -> list[tuple[list[int], float]]:
-        """Text tokens and avg_logprob per row of encoder outputs `(B, T, D)` and prompts."""
-        features = np.ascontiguousarray(hidden.detach().float().cpu().numpy())
-        results = self.model.generate(
-            self._ctranslate2.StorageView.from_array(features),
-            prompts,
-            beam_size=options.beam_size,
-            max_length=self.max_length(len(prompts[0]), options.max_new_tokens),
-            return_scores=True,
-        )
-        out = []
-        for r in results:
-            tokens = [t for t in r.sequences_ids[0] if t < eot]
-            # the score is the log-prob sum over len(tokens); as faster-whisper, spread it over
-            # the text tokens and the end token like openai-whisper's avg_logprob
-            n = len(r.sequences_ids[0])
-            out.append((tokens, r.scores[0] * n / (n + 1)))
-        return out
-
-
 @torch.no_grad()
 def transcribe_encoded(
     model: WhisperForConditionalGeneration,
     encoder_hidden_states: torch.Tensor,
     tokenizer: whisper.tokenizer.Tokenizer,
     options: DecodingOptions | None = None,
-    generator: CT2Generator | None = None,
+    generator: Generator | None = None,
 ) -> list[Transcript]:
     """Transcribe windows from encoder outputs `(B, 1500, D)` without running the encoder again.
 
@@ -361,7 +266,7 @@ def transcribe_encoded(
     first, `generation_config`).
     """
     options = options or DecodingOptions()
-    multilingual = _vocab_size(model) >= MULTILINGUAL_VOCAB
+    multilingual = vocab_size(model) >= MULTILINGUAL_VOCAB
     hidden = encoder_hidden_states
     first = _first_step(model, hidden, tokenizer)  # (B, V)
     no_speech = first.softmax(-1)[:, tokenizer.no_speech].tolist()

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ensemble.core.labels import IGNORE_ID
-from whisper_head.ct2 import special_token_ids
+from whisper_head.tokens import special_token_ids
 from whisper_head.weights import load_whisper
 
 RANDOM_PREFIX = "random:"

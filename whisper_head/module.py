@@ -3,56 +3,40 @@
 Loss: `lam * (CE(frames) + clip_loss * CE(clip)) + (1 - lam) * CE(text)`. Frame targets are
 taxonomy ids 0..K (0 = none), padding and unknown timesteps (`IGNORE`) skipped, optionally
 class-balanced; the clip term scores the window's class from its pooled timesteps as
-`clip_class_probs` reads it; text targets are the tokenised transcripts after the prompt
+`readout.clip_class_probs` reads it; text targets are the tokenised transcripts after the prompt
 `<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`. With a frozen encoder, the head and
 the decoder share no parameter, so `lam` only scales two separate gradients (see the README).
 
-Clip class: from the same evidence as the vote (`clip_class_probs`). `p_emergency`: the summed
-emergency probability of each timestep, smoothed by a moving average of `smooth_steps` timesteps,
-maximum over valid timesteps."""
+Clip class: from the same evidence as the vote (`readout.clip_class_probs`). `p_emergency`: the
+summed emergency probability of each timestep, smoothed by a moving average of `smooth_steps`
+timesteps, maximum over valid timesteps.
+
+The encoder side (precision, feature cache) is `encoding.EncoderFeatures`; validation and test
+are `evaluation.EvaluationSteps`."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import unicodedata
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
-from torch.utils.data import DataLoader, Subset
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
-from ensemble.core.audio import SAMPLES_PER_TIMESTEP, seconds_to_timesteps
-from ensemble.core.data import collate
+from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import load_taxonomy
-from ensemble.core.member import (
-    MemberModule,
-    MemberOutput,
-    emergency_targets,
-    frame_events,
-    moving_average,
-)
-from ensemble.core.metrics import cer_metrics, write_test_report
+from ensemble.core.member import MemberModule, MemberOutput, frame_events
 from ensemble.core.text import script_language
-from whisper_head.cache import FeatureCache, progress, weights_digest
-from whisper_head.decode import (
-    MULTILINGUAL_VOCAB,
-    CT2Generator,
-    DecodingOptions,
-    generation_config,
-    log_mel,
-    prompt_tokens,
-    tokenizer_for,
-    transcribe_encoded,
-)
+from whisper_head.cache import FeatureCache
+from whisper_head.ct2 import CT2Generator
+from whisper_head.decode import DecodingOptions, generation_config, transcribe_encoded
+from whisper_head.encoding import EncoderFeatures
+from whisper_head.evaluation import EvaluationSteps
 from whisper_head.judge import KeywordJudge, judgement_classes, judgement_tensors
 from whisper_head.losses import (
-    block_columns,
     block_cross_entropy,
     event_pick,
     frame_weights,
@@ -60,6 +44,8 @@ from whisper_head.losses import (
     sample_frames,
 )
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
+from whisper_head.readout import block_probs, clip_class_probs, peak_pick, smoothed
+from whisper_head.tokens import MULTILINGUAL_VOCAB, prompt_tokens, tokenizer_for
 
 log = logging.getLogger(__name__)
 
@@ -73,70 +59,7 @@ def text_language(text: str, languages: tuple[str, ...]) -> str:
     return language if language in languages else languages[0]
 
 
-def clip_class_probs(
-    frame_probs: Tensor, mask: Tensor, emergency_ids: Sequence[int], vote: Tensor
-) -> Tensor:
-    """Frame probabilities `(B, T, K + 1)`, valid timesteps `(B, T)`, the window's vote `(B,)`
-    -> class probabilities `(B, K)` from the same evidence as the vote.
-
-    Outside its events a timestep carries its background's normal class, so a plain mean over the
-    window would name the room, not the emergency. A window voted emergency: the mean of the
-    emergency columns over timesteps whose best class is an emergency (all valid ones when none
-    is), renormalised over the emergency classes. Otherwise: the mean of the normal columns over
-    valid timesteps, renormalised over the normal classes. The other block is zero.
-    """
-    K1 = frame_probs.shape[-1]
-    em = torch.zeros(K1, dtype=torch.bool, device=frame_probs.device)
-    em[list(emergency_ids)] = True
-    em_steps = em[frame_probs.argmax(-1)] & mask  # (B, T)
-    em_pick = torch.where(em_steps.any(1, keepdim=True), em_steps, mask)
-    pick = torch.where(vote[:, None], em_pick, mask).to(frame_probs.dtype)  # (B, T)
-    cols = block_columns(vote, em)  # (B, K + 1); none is never a clip's class
-    summed = (frame_probs * pick[..., None]).sum(1) * cols  # (B, K + 1)
-    return (summed / summed.sum(1, keepdim=True).clamp_min(1e-12))[:, 1:]
-
-
-def peak_pick(p: Tensor, mask: Tensor, vote: Tensor, share: float = 0.5) -> Tensor:
-    """Timesteps `(B, T)` a clip head reads: where the window is voted emergency, the valid
-    timesteps whose smoothed emergency probability `p (B, T)` reaches `share` of its peak (the
-    event the vote saw); elsewhere every valid timestep."""
-    p = p.masked_fill(~mask, 0.0)
-    peak = p.amax(1, keepdim=True)
-    return torch.where(vote[:, None], mask & (p >= share * peak), mask)
-
-
-def block_probs(logits: Tensor, vote: Tensor, emergency: Tensor) -> Tensor:
-    """Class probabilities `(B, K)` from clip logits `(B, K + 1)`: softmax over the emergency
-    columns where the vote says emergency, over the normal ones elsewhere; zero outside."""
-    cols = block_columns(vote, emergency)
-    return logits.float().masked_fill(~cols, float("-inf")).softmax(-1)[:, 1:]
-
-
-@functools.cache
-def cpu_has_bf16() -> bool:
-    """Whether this CPU has native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16; Linux flags)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def smoothed(p: Tensor, mask: Tensor, width: int) -> Tensor:
-    """Moving average of `width` timesteps of `p (B, T)`, 0 at padding `(B, T)`.
-
-    Padding timesteps count as 0; the window shrinks at both ends of the array.
-    """
-    p = moving_average(p.masked_fill(~mask, 0.0)[:, None], width)[:, 0]  # padding raises nothing
-    return p.masked_fill(~mask, 0.0)
-
-
-def smoothed_max(p: Tensor, mask: Tensor, width: int) -> Tensor:
-    """`smoothed`, then the maximum over valid timesteps `(B,)`."""
-    return smoothed(p, mask, width).amax(1)
-
-
-class WhisperHeadModule(MemberModule):
+class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     """The Whisper timestep head and keyword judge as ensemble members.
 
     `freeze`: "encoder" trains the head and the decoder; "all_but_head" only the head (and the layer
@@ -262,10 +185,6 @@ class WhisperHeadModule(MemberModule):
             backbone.requires_grad_(False)
         backbone.model.encoder.embed_positions.requires_grad_(False)
 
-    @property
-    def encoder_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.model.encoder.parameters())
-
     def configure_optimizers(self):
         """The optimizer over trainable parameters; the head (and layer weights) at `head_lr`
         when given, the backbone at the optimizer's own rate."""
@@ -281,19 +200,6 @@ class WhisperHeadModule(MemberModule):
             return self.optimizer(groups)
         return torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
 
-    @property
-    def _bf16_encoder(self) -> bool:
-        """Whether the encoder runs in bfloat16: always on GPU; on CPU as `cpu_bf16` says
-        ("auto": when the CPU has native bfloat16 arithmetic)."""
-        if self.device.type == "cuda":
-            return True
-        want = self.hparams.cpu_bf16
-        return self.device.type == "cpu" and (want is True or (want == "auto" and cpu_has_bf16()))
-
-    def _autocast(self):
-        enabled = self._bf16_encoder and (self.device.type == "cuda" or not self.training)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
     def _ct2(self) -> CT2Generator | None:
         """The CTranslate2 decoder (exported on first use) when asked for and on CPU."""
         if self.hparams.decoder != "ct2" or self.device.type != "cpu":
@@ -301,100 +207,6 @@ class WhisperHeadModule(MemberModule):
         if self._generator is None:
             self._generator = CT2Generator(self.model.backbone, self.hparams.ct2_compute_type)
         return self._generator
-
-    def _encode_wave(self, wave: Tensor) -> Encoded:
-        """Waveform `(B, N)` -> `Encoded`; the one encoder forward of a batch."""
-        mel = log_mel(wave)  # (B, 80, 3000)
-        grad = torch.is_grad_enabled() and self.encoder_trainable
-        with torch.set_grad_enabled(grad), self._autocast():
-            return self.model.encode(mel)
-
-    def feature_cache(self) -> FeatureCache | None:
-        """The encoder-feature cache, when `feature_cache` names a folder and the encoder is
-        frozen (a trained encoder's outputs change every step: nothing to cache)."""
-        if self.hparams.feature_cache is None or self.encoder_trainable:
-            return None
-        if self._cache is None:
-            self._cache = FeatureCache(
-                self.hparams.feature_cache,
-                weights_digest(self.model.encoder),
-                self.model.cached_layers,
-                "bf16" if self._bf16_encoder else "fp32",
-            )
-        return self._cache
-
-    @torch.no_grad()
-    def _encode_for_cache(self, wave: Tensor) -> Encoded:
-        """The frozen encoder's outputs at the cache's precision, rounded to float16 as stored."""
-        with torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16_encoder):
-            states = self.model.cache_states(self.model.encode(log_mel(wave)))
-        return states.half()
-
-    def _encode(self, batch: dict, index: Tensor | None = None, hidden: bool = True) -> Encoded:
-        """A batch's `Encoded`: from the feature cache when there is one (missing windows are
-        computed and stored), else from the waveform. With `index (B, k)` and the whole batch
-        cached, the head's states are read at those timesteps only, and the last layer
-        (the decoder's input) only when `hidden`."""
-        cache = self.feature_cache()
-        if cache is None:
-            return self._encode_wave(batch["wave"])
-        n_samples = batch["mask"].shape[1] * SAMPLES_PER_TIMESTEP  # the window, padding included
-        keys = cache.keys(batch["path"], batch["start_s"], n_samples)
-        if all(k in cache for k in keys):
-            # a clip head pools every timestep of the event: its statistics must be the ones
-            # it sees at prediction, so it reads whole windows
-            partial = self.model.config.layer_weights and not self.model.config.clip_head
-            if index is not None and partial:
-                states = cache.load(keys, index).to(self.device)
-                last = cache.load(keys, layers=slice(-1, None))[:, 0] if hidden else None
-                last = None if last is None else last.to(self.device)
-                return self.model.from_cache(states, index, last)
-            return self.model.from_cache(cache.load(keys).to(self.device))
-        if batch["wave"].shape[1] != n_samples:
-            raise RuntimeError(f"windows missing from the feature cache {cache.root}, no audio")
-        states = self._encode_for_cache(batch["wave"])
-        for k, st in zip(keys, states, strict=True):
-            if k not in cache:
-                cache.put(k, st)
-        return self.model.from_cache(states)
-
-    def build_feature_cache(self, dataset, desc: str = "encoder features") -> int:
-        """Fill the cache with every window of a `WindowDataset` not in it yet, with a progress
-        bar; returns how many were computed. A killed build resumes from the stored entries."""
-        cache = self.feature_cache()
-        if cache is None:
-            return 0
-        paths = dataset.clips["path"]
-        keys = [cache.key(paths.iloc[r.clip], r.start, dataset.n_samples) for r in dataset.refs]
-        todo = [i for i, k in enumerate(keys) if k not in cache]
-        if not todo:
-            return 0
-        batch_size = 8 if self.device.type == "cuda" else 4
-        dataset.read_audio = True
-        loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate)
-        bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)")
-        done = 0
-        for batch in bar:
-            states = self._encode_for_cache(batch["wave"].to(self.device))
-            for st in states:
-                cache.put(keys[todo[done]], st)
-                done += 1
-        return done
-
-    def _build_caches(self, splits: tuple[str, ...]) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        datasets = getattr(datamodule, "datasets", {})
-        if self.feature_cache() is None or not datasets:
-            return
-        if self.trainer.is_global_zero:
-            for split in splits:
-                if split in datasets:
-                    n = self.build_feature_cache(datasets[split], f"{split} encoder features")
-                    log.info("feature cache: %d %s windows computed", n, split)
-        self.trainer.strategy.barrier()
-        for split in splits:  # every window is cached now: the loaders need not read audio
-            if split in datasets:
-                datasets[split].read_audio = False
 
     def on_fit_start(self) -> None:
         """Builds the train and val feature caches; sets the class-balanced frame weights."""
@@ -480,29 +292,6 @@ class WhisperHeadModule(MemberModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._step(batch, "train")[0]
 
-    def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
-        _, encoded, frame_probs = self._step(batch, stage)
-        mask, B = batch["mask"], len(batch["label"])
-        targets = batch["frame_labels"].masked_fill(~mask, IGNORE)
-        self.timestep_acc[stage].update(frame_probs.argmax(-1), targets)
-        in_event = self._emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE)
-        self.event_acc[stage].update(frame_probs.argmax(-1), targets.masked_fill(~in_event, IGNORE))
-        curve = self._emergency_curve(frame_probs, mask)
-        p = curve.amax(1)
-        vote = p > self.hparams.threshold
-        class_probs = self._class_probs(encoded, frame_probs, mask, vote, curve)
-        self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
-        self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
-        self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)
-        self.log(f"{stage}/event_timestep_acc", self.event_acc[stage], batch_size=B)
-        self.log(f"{stage}/acc", self.clip_acc[stage], batch_size=B)
-        self.log(f"{stage}/binary_acc", self.binary[stage], batch_size=B)
-        if stage == "test":
-            self._test.append((batch["label"].cpu(), class_probs.argmax(1).cpu() + 1, p.cpu()))
-        if stage == "test" or batch_idx < self.hparams.cer_batches:
-            hyps = self._transcribe(encoded)
-            self._texts += [(r, h.text) for r, h in zip(batch["transcript"], hyps, strict=True)]
-
     def _transcribe(self, encoded: Encoded, predict: bool = False):
         # CTranslate2 holds a copy of the weights taken at its export: prediction only, never
         # validation or test during training, where the weights move
@@ -511,43 +300,6 @@ class WhisperHeadModule(MemberModule):
             return transcribe_encoded(
                 self.model.backbone, encoded.hidden, self.tokenizer, self.decoding, generator
             )
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-
-    def _log_cer(self, stage: str) -> dict[str, float]:
-        """CER of the collected transcripts (`cer_metrics`: NFC, with and without spaces)."""
-        refs, hyps = zip(*self._texts, strict=True) if self._texts else ((), ())
-        self._texts.clear()
-        cer = cer_metrics(refs, hyps)
-        if not cer["n_cer"]:  # no reference with text
-            return {}
-        for name in ("cer", "cer_nospace"):
-            self.log(f"{stage}/{name}", cer[name])
-        return cer
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_cer("val")
-
-    def on_test_epoch_end(self) -> None:
-        """Logs CER; writes `test_metrics.json` and `test_confusion.png` next to the logs."""
-        cer = self._log_cer("test")
-        extra = {
-            "timestep_acc": float(self.timestep_acc["test"].compute()),
-            "event_timestep_acc": float(self.event_acc["test"].compute()),
-            **cer,
-        }
-        write_test_report(
-            self.trainer,
-            self._test,
-            self.hparams.threshold,
-            self.taxonomy,
-            "Whisper head, test split",
-            extra,
-        )
 
     def _class_probs(
         self, encoded: Encoded, frame_probs: Tensor, mask: Tensor, vote: Tensor, curve: Tensor

@@ -11,7 +11,6 @@ import hashlib
 import importlib.util
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -21,13 +20,9 @@ import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ensemble.core.member import check_state_dict
-from whisper_head.ct2 import (
-    ct2_to_transformers,
-    parse_ct2,
-    read_ct2,
-    read_ct2_config,
-    special_token_ids,
-)
+from whisper_head.cache import default_cache
+from whisper_head.ct2.reader import ct2_to_transformers, parse_ct2, read_ct2, read_ct2_config
+from whisper_head.tokens import special_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -78,21 +73,13 @@ class LoadInfo:
     ct2_config: dict = field(default_factory=dict)  # alignment heads, language and suppress ids
 
 
-def default_cache() -> Path:
-    """`$EMERGENCY_ENSEMBLE_CACHE/whisper`, else `~/.cache/emergency-ensemble/whisper`."""
-    root = (
-        os.environ.get("EMERGENCY_ENSEMBLE_CACHE") or Path.home() / ".cache" / "emergency-ensemble"
-    )
-    return Path(root) / "whisper"
-
-
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Load `state` into `model`, raising ValueError on any missing, extra or mis-shaped key."""
     check_state_dict(model.state_dict(), state, source, "WhisperForConditionalGeneration")
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
-def _openai_key(name: str) -> str:
+def openai_key(name: str) -> str:
     """An openai-whisper parameter name -> its transformers name."""
     rules = (
         (r"^encoder\.positional_embedding$", "model.encoder.embed_positions.weight"),
@@ -138,7 +125,7 @@ def openai_to_transformers(
         max_target_positions=dims["n_text_ctx"],
         **special_token_ids(dims["n_vocab"]),
     )
-    mapped = {_openai_key(k): v for k, v in state.items() if k != "alignment_heads"}
+    mapped = {openai_key(k): v for k, v in state.items() if k != "alignment_heads"}
     mapped["proj_out.weight"] = mapped.get("model.decoder.embed_tokens.weight")
     return config, {k: v for k, v in mapped.items() if v is not None}
 

@@ -1,7 +1,7 @@
-"""Evaluation metrics (scikit-learn) and their plots, shared by every member and the ensemble.
+"""Evaluation metrics (scikit-learn, jiwer), shared by every member and the ensemble; their plots
+are in `ensemble.core.plots`.
 
-Class labels are taxonomy ids 1..K; emergency/normal follows the taxonomy's flags. Plots use the
-English class names (matplotlib's default font has no Hangul).
+Class labels are taxonomy ids 1..K; emergency/normal follows the taxonomy's flags.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from sklearn.metrics import (
     confusion_matrix,
     f1_score,
     roc_auc_score,
-    roc_curve,
 )
 
 from ensemble.core.labels import Taxonomy
+from ensemble.core.plots import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -178,67 +178,6 @@ def threshold_at_fpr(normal_scores: np.ndarray, fpr: float) -> float:
 def class_confusion(y_true: np.ndarray, y_pred: np.ndarray, taxonomy: Taxonomy) -> np.ndarray:
     """Counts `(K, K)`: row = true class id - 1, column = predicted class id - 1."""
     return confusion_matrix(y_true, y_pred, labels=np.arange(1, taxonomy.n_outputs))
-
-
-def plot_confusion(cm: np.ndarray, taxonomy: Taxonomy, path: str | Path, title: str = "") -> Path:
-    """A row-normalised confusion matrix `(K, K)` as a PNG, counts written in the cells."""
-    plt = pyplot()
-    names = [c.en for c in taxonomy.classes[1:]]
-    rows = cm.sum(axis=1, keepdims=True)
-    frac = np.divide(cm, rows, out=np.zeros(cm.shape, dtype=float), where=rows > 0)
-    fig, ax = plt.subplots(figsize=(11, 9.5))
-    ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    for i, j in zip(*np.nonzero(cm), strict=True):
-        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                color="white" if frac[i, j] > 0.5 else "black")  # fmt: skip
-    n_emergency = len(taxonomy.emergency_ids)
-    if taxonomy.emergency_ids == tuple(range(1, n_emergency + 1)):  # emergencies first: a border
-        ax.axhline(n_emergency - 0.5, color="red", lw=0.8)
-        ax.axvline(n_emergency - 0.5, color="red", lw=0.8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title or f"confusion ({int(cm.sum())} clips, rows normalised)")
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def plot_roc(
-    curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str | Path, title: str = ""
-) -> Path:
-    """ROC curves, one per name -> (is_emergency, score), as a PNG."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    for name, (y, s) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-    ax.set_xlabel("false-positive rate")
-    ax.set_ylabel("true-positive rate")
-    ax.set_title(title or "ROC")
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-
-def pyplot():
-    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Write a matplotlib figure as a PNG (creating its folder) and close it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    pyplot().close(fig)
-    return path
 
 
 def write_json(metrics: dict, path: str | Path) -> Path:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from transformers import WhisperConfig
 
+from whisper_head.tokens import special_token_ids
+
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 6  # the only binary version this reader knows
@@ -111,22 +113,6 @@ def read_ct2_config(folder: str | Path) -> dict:
     """CTranslate2's `config.json` beside `model.bin` ({} when absent)."""
     path = Path(folder) / "config.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def special_token_ids(n_vocab: int) -> dict[str, int]:
-    """openai-whisper's rule: a vocabulary of 51865 or more is multilingual, its eos one higher.
-
-    A toy vocabulary (tests) too small for the real ids puts eos and start at its last two ids.
-    """
-    eos = 50256 + int(n_vocab >= 51865)
-    if eos + 1 >= n_vocab:
-        eos = n_vocab - 2
-    return {
-        "eos_token_id": eos,
-        "bos_token_id": eos,
-        "pad_token_id": eos,
-        "decoder_start_token_id": eos + 1,
-    }
 
 
 def _n_layers(variables: dict[str, np.ndarray], side: str) -> int:
