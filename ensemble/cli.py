@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from ensemble.console import quiet
 from ensemble.fit import LIGHTNING
 
 log = logging.getLogger("emergency-ensemble")
@@ -228,7 +229,12 @@ def _generator_options(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="emergency-ensemble", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and the dependencies' warnings and tips (anywhere on the line)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -240,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_make_demo_data)
 
     p = sub.add_parser("import-aihub", help="AI Hub label JSON + audio -> manifest")
-    p.add_argument("root", type=Path)
+    p.add_argument("root", type=Path, help="folder (or .zip) of AI Hub label JSON and audio")
     p.add_argument("--out", type=Path, required=True, help="manifest to write (.csv or .jsonl)")
     p.add_argument(
         "--extract-dir",
@@ -260,24 +266,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "split", help="assign leak-free splits (no speaker or transcript in two splits)"
     )
-    p.add_argument("manifest", type=Path)
+    p.add_argument("manifest", type=Path, help="the manifest CSV/JSONL to split")
     p.add_argument("--out", type=Path, default=None, help="default: rewrite MANIFEST")
     _fractions(p)
     p.set_defaults(func=_split)
 
     p = sub.add_parser("summary", help="clips per class and split, hours, speakers")
-    p.add_argument("manifest", type=Path)
-    p.add_argument("--labels", type=Path, default=None)
+    p.add_argument("manifest", type=Path, help="the manifest CSV/JSONL to summarise")
+    p.add_argument(
+        "--labels", type=Path, default=None, help="taxonomy YAML (default configs/labels.yaml)"
+    )
     p.set_defaults(func=_summary)
 
     p = sub.add_parser("infer", help="the ensemble over every audio file in a folder")
     p.add_argument("folder", type=Path, help="a folder (searched recursively) or one file")
     p.add_argument("--out", type=Path, required=True, help="folder for the predictions")
-    p.add_argument("--config", type=Path, default=Path("configs/ensemble.yaml"))
+    p.add_argument(
+        "--config", type=Path, default=Path("configs/ensemble.yaml"), help="the ensemble config"
+    )
     p.add_argument("--resume", action="store_true", help="skip files with a row already")
     p.add_argument("--overwrite", action="store_true", help="delete earlier predictions in OUT")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch")
-    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default=None)
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "gpu"],
+        default=None,
+        help="override the config's device",
+    )
     p.add_argument("--devices", type=int, default=1, help="processes (DDP shards files)")
     p.add_argument("--strategy", default="auto", help="e.g. ddp with --devices > 1")
     p.set_defaults(func=_infer)
@@ -318,8 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", help="the main job: demo data, fit every member, infer on the test split, report"
     )
-    p.add_argument("--out", type=Path, default=Path("runs/demo"))
-    p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="folder for everything the demo makes"
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=Path("configs/demo.yaml"),
+        help="the demo's plan: members, their shrinking arguments, the ensemble",
+    )
     p.add_argument(
         "--fit-arg",
         dest="fit_args",
@@ -347,17 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    words = sys.argv[1:] if argv is None else argv
+    words = list(sys.argv[1:] if argv is None else argv)
+    verbose = bool({"-v", "--verbose"} & set(words))  # anywhere on the line
+    words = [w for w in words if w not in ("-v", "--verbose")]
+    quiet(verbose)
     if words and words[0] in LIGHTNING:
         from ensemble.fit import lightning
 
-        lightning(argv)  # None: LightningCLI reads sys.argv itself
+        lightning(words)
         return 0
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    args = build_parser().parse_args(words)
     try:
         args.func(args)
     except (ValueError, RuntimeError, FileNotFoundError) as e:

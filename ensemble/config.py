@@ -7,6 +7,7 @@ naming the file. Checkpoint and label paths inside it are relative to the config
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,8 @@ import yaml
 
 from ensemble.core.audio import CHUNK_LENGTH
 from ensemble.vote import VoteRule
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,22 @@ class EnsembleConfig:
         return [m.name for m in self.members]
 
 
+def _resolve(value: str, home: Path, config: Path) -> str:
+    """`value` relative to the config's folder `home`; a config written before paths were (one
+    that names a file found only from the working directory) still loads, with a warning."""
+    path = home / value
+    if not path.exists() and Path(value).exists() and not Path(value).is_absolute():
+        log.warning(
+            "%s: %s is relative to the working directory; paths in a config are relative to its "
+            "folder: write %s",
+            config,
+            value,
+            relative_to(value, home),
+        )
+        return str(Path(value).resolve())
+    return str(path)
+
+
 def relative_to(path: str | Path, folder: Path) -> str:
     """`path` as written into a config file in `folder`: relative to it."""
     return os.path.relpath(Path(path).resolve(), folder.resolve())
@@ -97,11 +116,11 @@ def load_config(path: str | Path, **overrides: Any) -> EnsembleConfig:
     raw = {**raw, **{k: v for k, v in overrides.items() if v is not None}}
     home = path.resolve().parent
     if raw.get("labels"):
-        raw["labels"] = str(home / raw["labels"])
+        raw["labels"] = _resolve(raw["labels"], home, path)
     try:
         members = tuple(
-            MemberSpec(**{**m, "checkpoint": str(home / m["checkpoint"])}) if "checkpoint" in m
-            else MemberSpec(**m)
+            MemberSpec(**{**m, "checkpoint": _resolve(m["checkpoint"], home, path)})
+            if "checkpoint" in m else MemberSpec(**m)
             for m in raw.pop("members", [])
         )  # fmt: skip
         vote = VoteRule(**raw.pop("vote", {}))

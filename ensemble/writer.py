@@ -15,12 +15,12 @@ from pathlib import Path
 import pandas as pd
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import BasePredictionWriter
-from tqdm.auto import tqdm
 
 from ensemble.config import EnsembleConfig
 from ensemble.core.audio import SAMPLE_RATE
 from ensemble.core.labels import Taxonomy
 from ensemble.core.member import MemberOutput
+from ensemble.core.progress import progress
 from ensemble.rows import MemberTable, RowMaker, error_row, rounded
 
 log = logging.getLogger(__name__)
@@ -52,12 +52,11 @@ class FileRollup(BasePredictionWriter):
         self.shard = {
             name: self.out / f"{name}{suffix}.jsonl" for name in ("predictions", "windows")
         }
-        self.bar = tqdm(
+        self.bar = progress(
             total=round(self.total_s / trainer.world_size, 1),  # rank 0's share, roughly
             unit="audio s",
             desc="infer",
             disable=trainer.global_rank != 0,
-            dynamic_ncols=True,
         )
         self.t0, self.done_s = time.perf_counter(), 0.0
 

@@ -97,3 +97,21 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     rules = (out / "report" / "vote_rules.md").read_text()
     assert all(f"| {r}" in rules for r in ("majority", "at_least", "soft", "weighted", "stack"))
     assert (out / "report" / "majority" / "metrics.json").is_file()
+
+
+def test_every_option_of_every_subcommand_has_a_help_line():
+    import argparse
+
+    from ensemble.cli import build_parser
+
+    parser = build_parser()
+    missing = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                missing += [
+                    f"{name} {a.option_strings or a.dest}"
+                    for a in sub._actions
+                    if not a.help and not isinstance(a, argparse._HelpAction)
+                ]
+    assert missing == []

@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ensemble.core.audio import SAMPLE_RATE
 
@@ -40,12 +38,6 @@ def default_cache() -> Path:
         os.environ.get("EMERGENCY_ENSEMBLE_CACHE") or Path.home() / ".cache" / "emergency-ensemble"
     )
     return Path(root) / "whisper"
-
-
-def progress(iterable, desc: str):
-    """A progress bar; when stderr is not a terminal, a line every 30 s instead of a redraw."""
-    tty = sys.stderr.isatty()
-    return tqdm(iterable, desc=desc, unit="batch", mininterval=0.1 if tty else 30.0)
 
 
 _DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime) -> SHA-1, this process

@@ -13,7 +13,8 @@ from torch.utils.data import DataLoader, Subset
 
 from ensemble.core.audio import SAMPLES_PER_TIMESTEP
 from ensemble.core.data import collate
-from whisper_head.cache import FeatureCache, progress, weights_digest
+from ensemble.core.progress import progress
+from whisper_head.cache import FeatureCache, weights_digest
 from whisper_head.decode import log_mel
 from whisper_head.model import Encoded
 
@@ -121,7 +122,7 @@ class EncoderFeatures:
         batch_size = 8 if self.device.type == "cuda" else 4
         dataset.read_audio = True
         loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate)
-        bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)")
+        bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)", unit="batch")
         done = 0
         for batch in bar:
             states = self._encode_for_cache(batch["wave"].to(self.device))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from ensemble.core.audio import AUDIO_EXTENSIONS
+from ensemble.core.label_fields import provenance, segment
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import COLUMNS, validate
 
@@ -339,7 +339,7 @@ def _row(
         raise ValueError(str(e.args[0])) from None
     if key == taxonomy.classes[0].key:
         raise ValueError(f"category_02 {category!r} names '{key}', which is not a clip label")
-    start, end = _segment(ann.get("area"))
+    start, end = segment(ann.get("area"))
     note, speaker = ann.get("note"), ann.get("speaker")
     return {
         "path": str(wav.path),
@@ -350,61 +350,5 @@ def _row(
         "speaker": "" if speaker is None else str(speaker).strip(),
         "split": "",
         "source": wav.source,
-        **_provenance(categories, synthesis, taxonomy),
+        **provenance(categories, synthesis, taxonomy),
     }
-
-
-def _provenance(categories: Any, synthesis: Any, taxonomy: Taxonomy) -> dict[str, str]:
-    """`background`, `identifiable` and `origin` of a row ("" where the label JSON does not say).
-
-    The background is the normal class of what surrounds the event: the generator's recorded
-    background (`synthesis.background.kind`), else `category_03` when it names a normal class.
-    """
-    record = synthesis if isinstance(synthesis, dict) else {}
-    candidates = [(record.get("background") or {}).get("kind")]
-    if isinstance(categories, dict):
-        candidates.append(categories.get("category_03"))
-    background = ""
-    for value in candidates:
-        try:
-            key = taxonomy.key(str(value).strip()) if value else ""
-        except KeyError:
-            continue
-        if key and not taxonomy.is_emergency(key) and key != taxonomy.classes[0].key:
-            background = key
-            break
-    flag = record.get("identifiable")
-    origin = record.get("origin") or []
-    return {
-        "background": background,
-        "identifiable": "" if flag is None else str(bool(flag)).lower(),
-        "origin": ";".join(str(o) for o in origin),
-    }
-
-
-def _segment(area: Any) -> tuple[float | None, float | None]:
-    """`area{start, end}` in seconds; (None, None) when missing, null or empty."""
-    if area is None:
-        return None, None
-    if not isinstance(area, dict):
-        raise ValueError(f"area is not an object: {area!r}")
-    start, end = _seconds(area.get("start")), _seconds(area.get("end"))
-    if start is None and end is None:
-        return None, None
-    if start is None or end is None or not 0 <= start < end:
-        raise ValueError(f"area must have 0 <= start < end, got {area!r}")
-    return start, end
-
-
-def _seconds(value: Any) -> float | None:
-    """Seconds from a number or a string (`"1.5"`, `"00:01.5"`, `"0:00:01.5"`); None if empty."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    try:
-        parts = [float(p) for p in str(value).strip().split(":")]
-    except ValueError:
-        raise ValueError(f"not a time: {value!r}") from None
-    seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
-    if isinstance(value, bool) or len(parts) > 3 or not math.isfinite(seconds):
-        raise ValueError(f"not a time: {value!r}")
-    return seconds

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import yaml
-from tqdm.auto import tqdm
 
 from ensemble.core.audio import SAMPLE_RATE
 from ensemble.core.demo import recipes
@@ -36,6 +35,7 @@ from ensemble.core.demo.speakers import Speaker, make_speakers
 from ensemble.core.demo.synth import active_span, filtered, mix_at_snr, normalize_peak, speak
 from ensemble.core.demo.timeline import Event, render_bed, render_event, render_normal_foreground
 from ensemble.core.labels import Taxonomy, load_taxonomy
+from ensemble.core.progress import progress as progress_bar
 
 log = logging.getLogger(__name__)
 DEFAULT_PER_CLASS = 80  # 40+ training clips of every class once sources are held out
@@ -80,9 +80,9 @@ def make_demo_data(
     if workers > 1:
         # spawned, not forked: a fork of a process whose threads hold locks (torch, BLAS) can hang
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            truths = list(tqdm(ex.map(build, jobs, chunksize=4), **bar))
+            truths = list(progress_bar(ex.map(build, jobs, chunksize=4), **bar))
     else:
-        truths = [build(job) for job in tqdm(jobs, **bar)]
+        truths = [build(job) for job in progress_bar(jobs, **bar)]
     summary = ceiling_summary(truths, taxonomy)
     # YAML, not JSON: every .json under the root is read as an AI Hub label by `import-aihub`
     (out / CEILING_FILE).write_text(yaml.safe_dump(summary, sort_keys=False), encoding="utf-8")
