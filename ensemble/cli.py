@@ -15,7 +15,7 @@ log = logging.getLogger("emergency-ensemble")
 
 
 def _make_demo_data(args: argparse.Namespace) -> None:
-    from ensemble.core.demo.build import make_demo_data
+    from ensemble.demodata.build import make_demo_data
 
     t0 = time.perf_counter()
     truths = make_demo_data(
@@ -210,7 +210,7 @@ def _fractions(p: argparse.ArgumentParser, holdout_default: str = "none") -> Non
 
 
 def _generator_options(p: argparse.ArgumentParser) -> None:
-    from ensemble.core.demo.build import DEFAULT_PER_CLASS
+    from ensemble.demodata.build import DEFAULT_PER_CLASS
 
     p.add_argument(
         "--per-class",

@@ -82,11 +82,17 @@ class EnsembleConfig:
         return [m.name for m in self.members]
 
 
+_WARNED: set[tuple[Path, str]] = set()  # one warning per config and path
+
+
 def _resolve(value: str, home: Path, config: Path) -> str:
     """`value` relative to the config's folder `home`; a config written before paths were (one
     that names a file found only from the working directory) still loads, with a warning."""
     path = home / value
     if not path.exists() and Path(value).exists() and not Path(value).is_absolute():
+        if (config, value) in _WARNED:
+            return str(Path(value).resolve())
+        _WARNED.add((config, value))
         log.warning(
             "%s: %s is relative to the working directory; paths in a config are relative to its "
             "folder: write %s",

@@ -31,8 +31,15 @@ def quiet(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.INFO)
     if verbose:
         return
+    for handler in logging.getLogger().handlers:  # the dependencies' INFO, whatever their level
+        handler.addFilter(_ours_or_warnings)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' weight loading
     warnings.simplefilter("ignore", DeprecationWarning)
     warnings.simplefilter("ignore", FutureWarning)
     for pattern in NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning,ignore::FutureWarning")
+
+
+def _ours_or_warnings(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] in OURS

@@ -64,9 +64,9 @@ def build_data(options: DemoOptions, data: Path, manifest: Path) -> list[str]:
     """Demo clips under `data`, imported and split into `manifest` (report beside it); returns
     the splits to score: test, and holdout when sources are held out."""
     from ensemble.core.aihub import import_aihub
-    from ensemble.core.demo.build import make_demo_data
     from ensemble.core.manifest import HOLDOUT, summarize
     from ensemble.core.split_report import write_split
+    from ensemble.demodata.build import make_demo_data
 
     t0 = time.perf_counter()
     truths = make_demo_data(
@@ -92,9 +92,9 @@ def run_demo(options: DemoOptions) -> dict:
     """The demo end to end; returns {split: metrics} for the test split and the held-out one."""
     from ensemble.calibrate import calibrate, rule_table, score_rules
     from ensemble.config import load_config
-    from ensemble.core.demo.build import CEILING_FILE
     from ensemble.core.labels import load_taxonomy
     from ensemble.core.manifest import link_split
+    from ensemble.demodata.build import CEILING_FILE
     from ensemble.evaluate import evaluate
     from ensemble.fit import fit_member
     from ensemble.pipeline import infer

@@ -326,7 +326,7 @@ def test_ddp_fit_on_two_cpu_processes(demo_manifest, tmp_path):
     """`emergency-ensemble fit` with the real config, 2 gloo processes, a few steps."""
     c = "--model.init_args.model.init_args.config"
     args = [
-        sys.executable, "-m", "ensemble.cli", "fit", "--config", str(ROOT / "configs/cnn.yaml"),
+        sys.executable, "-m", "ensemble.cli", "fit", "--verbose", "--config", str(ROOT / "configs/cnn.yaml"),
         "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         "--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
         f"--trainer.default_root_dir={tmp_path}", f"--trainer.logger.init_args.save_dir={tmp_path}",

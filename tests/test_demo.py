@@ -9,18 +9,18 @@ import yaml
 
 from ensemble.core.aihub import import_aihub
 from ensemble.core.audio import SAMPLE_RATE
-from ensemble.core.demo.build import CEILING_FILE, make_demo_data
-from ensemble.core.demo.recipes import (
+from ensemble.core.labels import load_taxonomy
+from ensemble.demodata.build import CEILING_FILE, make_demo_data
+from ensemble.demodata.recipes import (
     EMERGENCY_BED_MIX,
     ceiling,
     draw_bed,
     evidence_given_class,
     identifiable,
 )
-from ensemble.core.demo.scripts import N_SETS, SESSIONS
-from ensemble.core.demo.speakers import FESTIVAL_SETS, make_speakers
-from ensemble.core.demo.synth import Voice, speak
-from ensemble.core.labels import load_taxonomy
+from ensemble.demodata.scripts import N_SETS, SESSIONS
+from ensemble.demodata.speakers import FESTIVAL_SETS, make_speakers
+from ensemble.demodata.synth import Voice, speak
 
 
 def test_round_trip_gives_back_every_clip(demo):
@@ -176,9 +176,9 @@ def test_the_background_says_nothing_of_which_emergency():
 def test_docs_match_the_recipes():
     from pathlib import Path
 
-    from ensemble.core.demo.recipes import describe
+    from ensemble.demodata.recipes import describe
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "demo-data.md").read_text(
         encoding="utf-8"
     )
-    assert describe() in doc, "docs/demo-data.md is out of date with ensemble/core/demo/recipes.py"
+    assert describe() in doc, "docs/demo-data.md is out of date with ensemble/demodata/recipes.py"

@@ -5,8 +5,8 @@ import unicodedata
 import pytest
 import torch
 
-from ensemble.core.demo.scripts import EMERGENCY_LINES, EVERYDAY_LINES, GENERIC_CALLS
 from ensemble.core.member import MemberOutput
+from ensemble.demodata.scripts import EMERGENCY_LINES, EVERYDAY_LINES, GENERIC_CALLS
 from whisper_head.judge import (
     JudgeOptions,
     KeywordJudge,

@@ -210,8 +210,8 @@ def test_demo_split_is_leak_free_and_covers_every_class(demo):
 def test_the_default_demo_split(tmp_path_factory):
     """`make demo`'s data and split (30 s): balanced, leak-free, 40+ training clips per class,
     and a held-out split that training never sees."""
-    from ensemble.core.demo.build import make_demo_data
     from ensemble.demo import DEMO_HOLDOUT
+    from ensemble.demodata.build import make_demo_data
 
     root = tmp_path_factory.mktemp("default_demo")
     make_demo_data(root, seed=0, workers=2, progress=False)  # the default size

@@ -33,4 +33,7 @@ def progress(iterable: Any = None, *, total: float | None = None, **kwargs: Any)
         total = len(iterable)
     every = max(total / 20, 1) if total else 1
     kwargs.setdefault("mininterval", 10.0)
-    return tqdm(iterable, total=total, file=_Lines(stream), miniters=every, ncols=100, **kwargs)
+    plain = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} {unit} [{elapsed}<{remaining}]{postfix}"
+    return tqdm(
+        iterable, total=total, file=_Lines(stream), miniters=every, bar_format=plain, **kwargs
+    )

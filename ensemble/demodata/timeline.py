@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 
 from ensemble.core.audio import SAMPLE_RATE
-from ensemble.core.demo import recipes
-from ensemble.core.demo.sources import SourcePool
-from ensemble.core.demo.synth import (
+from ensemble.demodata import recipes
+from ensemble.demodata.sources import SourcePool
+from ensemble.demodata.synth import (
     active_span,
     filtered,
     loop_to,

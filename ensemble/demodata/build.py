@@ -20,8 +20,10 @@ import soundfile as sf
 import yaml
 
 from ensemble.core.audio import SAMPLE_RATE
-from ensemble.core.demo import recipes
-from ensemble.core.demo.scripts import (
+from ensemble.core.labels import Taxonomy, load_taxonomy
+from ensemble.core.progress import progress as progress_bar
+from ensemble.demodata import recipes
+from ensemble.demodata.scripts import (
     EMERGENCY_LINES,
     EVERYDAY,
     EVERYDAY_LINES,
@@ -30,12 +32,10 @@ from ensemble.core.demo.scripts import (
     line_set,
     session,
 )
-from ensemble.core.demo.sources import SourcePool, load_pool
-from ensemble.core.demo.speakers import Speaker, make_speakers
-from ensemble.core.demo.synth import active_span, filtered, mix_at_snr, normalize_peak, speak
-from ensemble.core.demo.timeline import Event, render_bed, render_event, render_normal_foreground
-from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.progress import progress as progress_bar
+from ensemble.demodata.sources import SourcePool, load_pool
+from ensemble.demodata.speakers import Speaker, make_speakers
+from ensemble.demodata.synth import active_span, filtered, mix_at_snr, normalize_peak, speak
+from ensemble.demodata.timeline import Event, render_bed, render_event, render_normal_foreground
 
 log = logging.getLogger(__name__)
 DEFAULT_PER_CLASS = 80  # 40+ training clips of every class once sources are held out

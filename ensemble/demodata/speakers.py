@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ensemble.core.demo.scripts import N_SETS, SESSIONS
-from ensemble.core.demo.synth import Voice
+from ensemble.demodata.scripts import N_SETS, SESSIONS
+from ensemble.demodata.synth import Voice
 
 SPEAKERS_PER_SESSION = {"ko": 2, "en": 2}  # of each script set
 # English of these script sets is read by festival's ked diphone voice alone, like a recording

@@ -10,7 +10,7 @@ each emergency class has N_SETS lines in each language, one per set.
 
 from __future__ import annotations
 
-from ensemble.core.demo.emergency_lines import EMERGENCY_LINES
+from ensemble.demodata.emergency_lines import EMERGENCY_LINES
 
 __all__ = [
     "EMERGENCY_LINES",
