@@ -83,7 +83,7 @@ def infer(
             read_rows(p, repair=True)  # a torn last line of a killed run
     done = done_paths(out) if resume else set()
     todo = [(k, p) for k, p in keyed if k not in done]
-    log.info(
+    log.debug(
         "%d audio files under %s; %d done before, %d to go",
         len(keyed),
         folder,

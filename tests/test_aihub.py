@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import unicodedata
 import zipfile
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
+from helpers import noise_wav, write_noise
 
 from ensemble.core.aihub import ImportReport, import_aihub
 from ensemble.core.manifest import COLUMNS
@@ -22,16 +21,11 @@ SR = 16000
 
 def wav_bytes(seed: int = 0) -> bytes:
     """0.5 s of quiet noise at 16 kHz as 16-bit PCM WAV bytes."""
-    noise = np.random.default_rng(seed).normal(0, 0.05, SR // 2).astype(np.float32)
-    buf = io.BytesIO()
-    sf.write(buf, noise, SR, format="WAV", subtype="PCM_16")
-    return buf.getvalue()
+    return noise_wav(0.5, seed)
 
 
 def write_wav(path: Path, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(wav_bytes(seed))
-    return path
+    return write_noise(path, 0.5, seed)
 
 
 def ann(

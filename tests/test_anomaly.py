@@ -7,6 +7,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from sklearn.covariance import LedoitWolf
 
 from anomaly.cutpaste import CutPaste, CutPaste3Way, CutPasteScar, make_augmentation
@@ -227,8 +228,7 @@ def datamodule(manifest):
 
 
 def trainer(**kwargs) -> pl.Trainer:
-    quiet = {"logger": False, "enable_progress_bar": False, "enable_model_summary": False}
-    return pl.Trainer(accelerator="cpu", devices=1, **quiet, **kwargs)
+    return quiet_trainer(**kwargs)
 
 
 @pytest.mark.parametrize("variant", ["cutpaste", "3way"])

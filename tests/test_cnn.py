@@ -10,6 +10,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import whisper
+from helpers import quiet_trainer
 
 from cnn.augment import mixup, spec_augment
 from cnn.model import CNNOutput, LogMel, MelCNN, MelCNNConfig
@@ -30,15 +31,7 @@ def _module(**kwargs) -> CNNModule:
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        logger=pl.loggers.CSVLogger(tmp_path, name="log"),
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return pl.Trainer(**{**args, **kwargs})
+    return quiet_trainer(tmp_path, **kwargs)
 
 
 def _data(manifest, **kwargs) -> AudioDataModule:

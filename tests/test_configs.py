@@ -60,8 +60,9 @@ def test_data_yaml_instantiates(demo, tmp_path):
     assert next(iter(dm.val_dataloader()))["wave"].shape[1] == 480000
 
 
-def lightning_cli(config: str, manifest, tmp_path, *overrides: str):
-    """A member config through LightningCLI (run=False), shrunk to the test's data and folder."""
+def lightning_cli(config: str, manifest, tmp_path, *overrides: str, over: str | None = None):
+    """A member config (and the override config `over` read after it) through LightningCLI
+    (run=False), shrunk to the test's data and folder."""
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
@@ -70,6 +71,7 @@ def lightning_cli(config: str, manifest, tmp_path, *overrides: str):
     assert raw.pop("weights_only") is True, "member checkpoints must load with weights_only"
     shrunk = tmp_path / config
     shrunk.write_text(yaml.safe_dump(raw))
+    configs = ["--config", str(shrunk)] + (["--config", str(CONFIGS / over)] if over else [])
     return LightningCLI(
         LightningModule,
         LightningDataModule,
@@ -78,8 +80,7 @@ def lightning_cli(config: str, manifest, tmp_path, *overrides: str):
         auto_configure_optimizers=False,
         run=False,
         args=[
-            "--config",
-            str(shrunk),
+            *configs,
             f"--data.init_args.manifest={manifest}",
             "--data.init_args.num_workers=0",
             f"--trainer.default_root_dir={tmp_path}",
@@ -140,8 +141,9 @@ def test_whisper_head_gpu_yaml_trains_a_step_on_cpu(demo_manifest, tmp_path):
     raw = yaml.safe_load((CONFIGS / "whisper_head_gpu.yaml").read_text())
     t = raw["trainer"]
     assert (t["accelerator"], t["strategy"], t["precision"]) == ("gpu", "ddp", "bf16-mixed")
+    assert "class_path" not in raw["model"], "an override of whisper_head.yaml, not a copy"
     cli = lightning_cli(
-        "whisper_head_gpu.yaml",
+        "whisper_head.yaml",
         demo_manifest,
         tmp_path,
         f"--trainer.logger.init_args.save_dir={tmp_path}",
@@ -154,9 +156,14 @@ def test_whisper_head_gpu_yaml_trains_a_step_on_cpu(demo_manifest, tmp_path):
         "--data.init_args.batch_size=2",
         "--model.init_args.model.init_args.config.source=random:tiny",
         "--model.init_args.model.init_args.config.hidden_dim=8",
+        "--model.init_args.model.init_args.config.layers=[0,1]",
+        over="whisper_head_gpu.yaml",
     )
     module = cli.model
     assert isinstance(module, WhisperHeadModule) and module.hparams.freeze == "none"
+    assert module.hparams.feature_cache is None and module.hparams.train_frames is None
+    assert module.hparams.head_lr == 1e-3  # from the CPU config, not repeated
+    assert cli.trainer.max_epochs == 10 and cli.datamodule.hparams.batch_size == 2
     assert module.encoder_trainable and module.hparams.lam == 0.5
     before = module.model.encoder.layers[0].fc1.weight.detach().clone()
     cli.trainer.fit(module, datamodule=cli.datamodule)

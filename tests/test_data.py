@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import soundfile as sf
 import torch
+from helpers import write_noise
 
 from ensemble.core.audio import N_SAMPLES, N_TIMESTEPS, SAMPLE_RATE, AudioError
 from ensemble.core.data import AudioDataModule, WindowDataset, timestep_labels, valid_samples
@@ -16,13 +16,7 @@ TAX = load_taxonomy()
 
 
 def _wav(path, seconds):
-    rng = np.random.default_rng(0)
-    sf.write(
-        path,
-        (0.1 * rng.standard_normal(int(seconds * SAMPLE_RATE))).astype(np.float32),
-        SAMPLE_RATE,
-    )
-    return str(path)
+    return str(write_noise(path, seconds, level=0.1))
 
 
 def test_fire_segment_marks_timesteps_500_to_599():

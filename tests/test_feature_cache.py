@@ -4,9 +4,9 @@ import shutil
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import soundfile as sf
 import torch
+from helpers import quiet_trainer
 
 from ensemble.core.data import AudioDataModule
 from whisper_head.cache import FeatureCache, file_digest, weights_digest
@@ -109,15 +109,8 @@ def test_fit_from_the_cache(data, tmp_path):
     class-balanced weights come from the training split."""
     module = _module(tmp_path / "cache", train_frames=64, clip_loss=1.0, class_balance=0.5)
     head = [p.clone() for p in module.model.head.parameters()]
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False
     )
     trainer.fit(module, datamodule=data)
     n_windows = len(data.datasets["train"]) + len(data.datasets["val"])

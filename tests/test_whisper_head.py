@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
+from helpers import quiet_trainer
 
 from ensemble.core.data import AudioDataModule
 from ensemble.core.member import MemberOutput, frame_events
@@ -25,16 +26,7 @@ def _module(config: WhisperHeadConfig = TINY, **kwargs) -> WhisperHeadModule:
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
-    args = dict(
-        accelerator="cpu",
-        devices=1,
-        default_root_dir=tmp_path,
-        logger=pl.loggers.CSVLogger(tmp_path, name="log"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return pl.Trainer(**{**args, **kwargs})
+    return quiet_trainer(tmp_path, **{"enable_checkpointing": False, **kwargs})
 
 
 @pytest.fixture(scope="module")

@@ -252,7 +252,7 @@ def load_whisper(
         info = LoadInfo("transformers", text, path if path.exists() else None)
     model.model.encoder.embed_positions.requires_grad_(False)
     info.n_params = sum(p.numel() for p in model.parameters())
-    log.info(
+    log.debug(
         "loaded Whisper (%s) from %s: %d+%d layers, d_model %d, vocab %d, %.1f M parameters",
         info.kind,
         info.path or source,
