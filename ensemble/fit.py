@@ -11,19 +11,23 @@ from pathlib import Path
 
 import yaml
 
+from ensemble.core.labels import CONFIG_DIR
+
 LIGHTNING = ("fit", "validate", "test", "predict")
+SHARED = CONFIG_DIR / "trainer.yaml"  # the trainer settings every member shares
 
 
 def lightning(argv: list[str] | None, run: bool = True):
     """`fit|validate|test|predict --config configs/<member>.yaml`: LightningCLI over any member.
 
     The member and the data come from `class_path` entries of the config, so this module imports no
-    member. Checkpoints and logs go to the trainer's `default_root_dir`. With `run=False` (no
+    member; `configs/trainer.yaml` (what every member shares) is read before the config. Checkpoints and logs go to the trainer's `default_root_dir`. With `run=False` (no
     subcommand in `argv`) the CLI only builds the trainer, model and datamodule, and returns them.
     """
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
+    shared = {"default_config_files": [str(SHARED)]}  # read before any --config
     return LightningCLI(
         LightningModule,
         LightningDataModule,
@@ -31,6 +35,7 @@ def lightning(argv: list[str] | None, run: bool = True):
         subclass_mode_data=True,
         auto_configure_optimizers=False,  # members build their own optimiser from their arguments
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={command: shared for command in LIGHTNING} if run else shared,
         run=run,
         args=argv,
     )

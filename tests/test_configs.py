@@ -21,6 +21,7 @@ KNOWN = {
     "whisper_head_gpu.yaml",
     "ensemble.yaml",  # tests/test_pipeline.py
     "demo.yaml",
+    "trainer.yaml",  # read before every member config (test_trainer_yaml_is_shared)
 }
 
 
@@ -63,8 +64,7 @@ def test_data_yaml_instantiates(demo, tmp_path):
 def lightning_cli(config: str, manifest, tmp_path, *overrides: str, over: str | None = None):
     """A member config (and the override config `over` read after it) through LightningCLI
     (run=False), shrunk to the test's data and folder."""
-    from pytorch_lightning import LightningDataModule, LightningModule
-    from pytorch_lightning.cli import LightningCLI
+    from ensemble.fit import lightning
 
     raw = yaml.safe_load((CONFIGS / config).read_text())
     # keys of the fit/test subcommands, which run=False has not; `emergency-ensemble fit` reads them
@@ -72,21 +72,34 @@ def lightning_cli(config: str, manifest, tmp_path, *overrides: str, over: str | 
     shrunk = tmp_path / config
     shrunk.write_text(yaml.safe_dump(raw))
     configs = ["--config", str(shrunk)] + (["--config", str(CONFIGS / over)] if over else [])
-    return LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        run=False,
-        args=[
+    return lightning(  # configs/trainer.yaml first, as every command reads it
+        [
             *configs,
             f"--data.init_args.manifest={manifest}",
             "--data.init_args.num_workers=0",
             f"--trainer.default_root_dir={tmp_path}",
             *overrides,
         ],
+        run=False,
     )
+
+
+@pytest.mark.parametrize("member", ["cnn", "anomaly", "whisper_head"])
+def test_trainer_yaml_is_shared(member, demo_manifest, tmp_path):
+    shared = yaml.safe_load((CONFIGS / "trainer.yaml").read_text())
+    raw = yaml.safe_load((CONFIGS / f"{member}.yaml").read_text())
+    assert not set(shared["trainer"]) & set(raw["trainer"]), "say it once, in trainer.yaml"
+    extra = ["--model.init_args.model.init_args.config.source=random:tiny"]
+    extra = [*extra, "--model.init_args.model.init_args.config.layers=[0,1]"]
+    cli = lightning_cli(
+        f"{member}.yaml",
+        demo_manifest,
+        tmp_path,
+        "--trainer.logger=false",
+        *(extra if member == "whisper_head" else []),
+    )
+    assert cli.trainer.log_every_n_steps == shared["trainer"]["log_every_n_steps"] == 5
+    assert cli.config["seed_everything"] == 0
 
 
 def test_cnn_yaml_instantiates_and_trains_a_step(demo_manifest, tmp_path):
