@@ -1,4 +1,5 @@
-"""What several test files need: a quiet CPU trainer and a noise WAV (tests/ is on sys.path)."""
+"""What several test files need: a quiet CPU trainer, noise WAVs and a tiny Whisper member's
+config (tests/ is on sys.path)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,11 @@ def write_noise(path: Path, seconds: float = 0.5, seed: int = 0, level: float = 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(noise_wav(seconds, seed, level=level))
     return path
+
+
+def tiny_whisper(**kwargs):
+    """The config of a Whisper member on random tiny weights (nothing downloaded), a head of width
+    8, no dropout; `kwargs` set its other fields."""
+    from whisper_head.model import WhisperHeadConfig
+
+    return WhisperHeadConfig(**{"source": "random:tiny", "hidden_dim": 8, "dropout": 0.0, **kwargs})

@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, tiny_whisper
 
 from ensemble.core.data import AudioDataModule
 from whisper_head.cache import FeatureCache, file_digest, weights_digest
 from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
-from whisper_head.model import IGNORE, WhisperHeadConfig, WhisperHeadModel
+from whisper_head.model import IGNORE, WhisperHeadModel
 from whisper_head.module import WhisperHeadModule
 from whisper_head.readout import clip_class_probs
 
-LAYERED = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0, layer_weights=True)
+LAYERED = tiny_whisper(layer_weights=True)
 
 
 def _module(cache, **kwargs) -> WhisperHeadModule:
@@ -193,7 +193,7 @@ def test_frame_weights_balance_the_classes():
 
 
 def test_layer_subset_and_cache_states():
-    config = WhisperHeadConfig("random:tiny", 8, layer_weights=True, layers=(0,), dropout=0.0)
+    config = tiny_whisper(layer_weights=True, layers=(0,))
     model = WhisperHeadModel(config).eval()
     assert model.head_layers == (0,) and model.cached_layers == (0, 1)
     encoded = model.encode(torch.randn(1, 80, 3000))
@@ -206,7 +206,7 @@ def test_layer_subset_and_cache_states():
         model.frame_logits(encoded, index), model.frame_logits(encoded)[:, [0, 5, 7]]
     )
     with pytest.raises(ValueError, match="hidden states"):
-        WhisperHeadModel(WhisperHeadConfig("random:tiny", 8, layer_weights=True, layers=(5,)))
+        WhisperHeadModel(tiny_whisper(dropout=0.1, layer_weights=True, layers=(5,)))
     np.testing.assert_equal(model.cached_layers, (0, 1))
 
 
@@ -237,9 +237,7 @@ def test_clip_head_reads_the_picked_timesteps():
     from whisper_head.losses import block_cross_entropy, event_pick
     from whisper_head.readout import block_probs, peak_pick
 
-    config = WhisperHeadConfig(
-        "random:tiny", 8, layer_weights=True, layer_norm=True, clip_head=True, dropout=0.0
-    )
+    config = tiny_whisper(layer_weights=True, layer_norm=True, clip_head=True)
     model = WhisperHeadModel(config).eval()
     encoded = model.encode(torch.randn(2, 80, 3000))
     pick = torch.zeros(2, 1500, dtype=torch.bool)

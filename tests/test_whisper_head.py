@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import pytorch_lightning as pl
 import torch
-from helpers import quiet_trainer
+from helpers import quiet_trainer, tiny_whisper
 
 from ensemble.core.data import AudioDataModule
 from ensemble.core.member import MemberOutput, frame_events
@@ -18,7 +18,7 @@ from whisper_head.model import (
 from whisper_head.module import WhisperHeadModule, text_language
 from whisper_head.readout import clip_class_probs, smoothed_max
 
-TINY = WhisperHeadConfig(source="random:tiny", hidden_dim=8, dropout=0.0)
+TINY = tiny_whisper()
 
 
 def _module(config: WhisperHeadConfig = TINY, **kwargs) -> WhisperHeadModule:
@@ -45,7 +45,7 @@ def test_random_backbone_is_deterministic():
 
 @pytest.mark.parametrize("layer_weights", [False, True])
 def test_shapes(layer_weights):
-    model = WhisperHeadModel(WhisperHeadConfig("random:tiny", 8, layer_weights=layer_weights))
+    model = WhisperHeadModel(tiny_whisper(dropout=0.1, layer_weights=layer_weights))
     encoded = model.encode(torch.randn(2, 80, 3000))
     assert encoded.hidden.shape == (2, 1500, 16)
     assert (encoded.states is not None) == layer_weights
