@@ -121,17 +121,12 @@ class Search:
             chosen[name] = best_t
         return chosen
 
-    def thresholds(self, config: EnsembleConfig, files: np.ndarray | None = None) -> dict:
-        """Per member: the threshold on p over its opinion windows (of `files`, default all)."""
+    def thresholds(self, config: EnsembleConfig) -> dict:
+        """Per member: the threshold on p over the windows where it has an opinion."""
         opinion = vote(self.table, config).opinion
-        keep = (
-            np.ones(len(self.run.windows), bool)
-            if files is None
-            else np.isin(self.run.group, files)
-        )
         out = {}
         for m, name in enumerate(self.run.names):
-            sel = keep & opinion[m]
+            sel = opinion[m]
             y, p = self.run.y_window[sel], self.table.p[m, sel]
             out[name] = None if y.all() or not y.any() else best_cut(p, y, self.goal)
         return out
@@ -250,7 +245,7 @@ def class_weights(
             continue
         cfg = with_rule(config, config.vote, [s.weight for s in config.members],
                     class_weight=dict(zip(names, w, strict=True)))  # fmt: skip
-        acc = figures(run, revote(run, cfg, taxonomy)[1])["acc19"]
+        acc = figures(run, revote(run, cfg, taxonomy)[1], interval=False)["acc19"]
         if acc > best + 1e-12:
             best, best_w = acc, w
     return dict(zip(names, best_w, strict=True))
