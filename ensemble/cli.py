@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ensemble.console import quiet
 from ensemble.fit import LIGHTNING
+from ensemble.listen import cli as listen
 
 log = logging.getLogger("emergency-ensemble")
 
@@ -358,6 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     _generator_options(p)
     _fractions(p, holdout_default="festival and sonic-pi-samples; `none` holds nothing out")
     p.set_defaults(func=_demo)
+
+    listen.add_parser(sub)
 
     for name in LIGHTNING:  # parsed by LightningCLI: listed here for --help only
         sub.add_parser(

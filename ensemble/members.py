@@ -72,14 +72,22 @@ class EnsembleModule(pl.LightningModule):
         self.members = nn.ModuleDict(modules)
         self.eval()
 
-    def forward(self, wave: Tensor, n_valid: Tensor) -> dict[str, MemberOutput]:
-        """Windows `(B, N)` with `n_valid (B,)` real samples -> each member's output (CPU)."""
+    def forward(
+        self, wave: Tensor, n_valid: Tensor, start_s: Tensor | None = None
+    ) -> dict[str, MemberOutput]:
+        """Windows `(B, N)` with `n_valid (B,)` real samples -> each member's output (CPU).
+
+        `start_s (B,)`: where each window starts, in seconds from its file's (or stream's) start;
+        members may read it from the batch (none of the trained ones does)."""
         T = N_TIMESTEPS * wave.shape[1] // seconds_to_samples(CHUNK_LENGTH)
         steps = torch.tensor([samples_to_timesteps(int(n)) for n in n_valid], device=wave.device)
         batch = {
             "wave": wave,
             "mask": torch.arange(T, device=wave.device)[None] < steps[:, None],  # (B, T)
             "n_valid": n_valid,
+            "start_s": torch.zeros(len(n_valid), dtype=torch.float64)
+            if start_s is None
+            else start_s,
         }
         raw = {key: module.predict_step(batch, 0) for key, module in self.members.items()}
         out = {}
@@ -97,4 +105,5 @@ class EnsembleModule(pl.LightningModule):
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, MemberOutput]:
         if batch["wave"] is None:  # only unreadable files in this batch
             return {}
-        return self(batch["wave"], batch["n_valid"])
+        start_s = torch.tensor([m["start_s"] for m in batch["meta"]], dtype=torch.float64)
+        return self(batch["wave"], batch["n_valid"], start_s)

@@ -99,7 +99,7 @@ class FileRollup(BasePredictionWriter):
                     "end_s": rounded(start + meta["n_valid"] / SAMPLE_RATE),
                 }
             )
-            extras.append(_extras(prediction, names, b, start))
+            extras.append(member_extras(prediction, names, b, start))
         for meta, row in zip(batch["meta"], self.rows.windows(metas, table, extras), strict=True):
             windows = self.files.setdefault(meta["path"], [])
             windows.append(row)
@@ -123,7 +123,9 @@ class FileRollup(BasePredictionWriter):
             self.audio_s += row["duration_s"]
 
 
-def _extras(prediction: dict[str, MemberOutput], names: list[str], b: int, start: float) -> dict:
+def member_extras(
+    prediction: dict[str, MemberOutput], names: list[str], b: int, start: float
+) -> dict:
     """Window `b`'s transcript, no-speech probability and events (in seconds from the file's
     start): from the first member that gives each."""
     transcript = no_speech = events = None

@@ -1,0 +1,1 @@
+"""Live listening: emergency-ensemble listen."""
