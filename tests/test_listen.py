@@ -20,7 +20,7 @@ from helpers import write_noise
 from scripted import script_config
 
 from ensemble.cli import main
-from ensemble.listen.listener import AlertGate, Listener, ListenOptions, Ring, Scorer
+from ensemble.listen.listener import AlertGate, Listener, ListenOptions, Ring, Scorer, alerting
 from ensemble.listen.sinks import verify
 from ensemble.listen.sources import FfmpegSource, StdinSource, open_source, pcm_blocks
 
@@ -103,6 +103,17 @@ def test_alert_gate_confirms_holds_back_and_clears():
     assert [gate.update(True, t) for t in (13, 14)] == [None, "alert"]  # cooled down at 13
     with pytest.raises(ValueError, match="confirm"):
         AlertGate(confirm=0)
+
+
+def test_min_score_is_a_stricter_bar_on_top_of_the_vote():
+    rows = [
+        {"emergency": True, "score": 0.95},
+        {"emergency": True, "score": 0.7},
+        {"emergency": False, "score": 0.99},  # the vote says normal: never an alert
+        {"emergency": True, "score": None},  # no member had an opinion
+    ]
+    assert [alerting(r, None) for r in rows] == [True, True, False, True]
+    assert [alerting(r, 0.9) for r in rows] == [True, False, False, False]
 
 
 def test_a_stream_of_two_events_gives_two_alerts_to_every_sink(
@@ -292,3 +303,38 @@ def _load(config: Path):
     from ensemble.config import load_config
 
     return load_config(config)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_systemd_stop_ends_cleanly_and_keeps_the_alerts(tmp_path, sig):
+    """The real command on a pipe that stays open: after an alert, Ctrl-C (or systemd's SIGTERM)
+    stops it with status 0, its summary, and the alert in the log."""
+    import signal
+    import subprocess
+
+    config = script_config(tmp_path, [[4.0, 8.0, "fall"]])
+    log = tmp_path / "o" / "alerts.jsonl"
+    tests = Path(__file__).parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(tests.parent)])}
+    command = [sys.executable, "-m", "ensemble.cli", "listen", "-", "--config", str(config)]
+    proc = subprocess.Popen(
+        [*command, "--out", str(tmp_path / "o")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        proc.stdin.write(pcm([(12, 0.01)]))
+        proc.stdin.flush()  # the pipe stays open: a live stream
+        deadline = time.monotonic() + 90
+        while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        proc.send_signal(getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert [a["class"] for a in alerts(out.decode())] == ["fall"]
+    assert alerts(log.read_text()) == alerts(out.decode())
+    assert "listened to 12.0 s of audio" in err.decode()

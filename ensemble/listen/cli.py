@@ -39,6 +39,12 @@ def add_parser(sub) -> None:
     p.add_argument("--window", type=float, default=10.0, help="seconds of newest audio scored")
     p.add_argument("--confirm", type=int, default=1, help="emergency hops in a row to alert")
     p.add_argument("--cooldown", type=float, default=60.0, help="seconds between two alerts")
+    p.add_argument(
+        "--min-score",
+        type=float,
+        default=None,
+        help="an alerting hop also needs the ensemble's score >= this (default: the vote alone)",
+    )
     p.add_argument("--clip", type=float, default=30.0, help="seconds of audio saved per alert")
     p.add_argument("--location", default="", help="where the microphone is, sent with alerts")
     p.add_argument("--device-id", default=None, help="this listener's name (default: hostname)")
@@ -73,6 +79,22 @@ def add_parser(sub) -> None:
 
 
 def listen_command(args: argparse.Namespace) -> None:
+    listener = make_listener(args)
+    previous = signal.getsignal(signal.SIGTERM)
+    if _main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: the same clean exit
+    try:
+        listener.run()
+    except KeyboardInterrupt:
+        log.info("stopped")
+    finally:
+        if _main_thread():
+            signal.signal(signal.SIGTERM, previous)
+    print(listener.summary.line(), file=sys.stderr)
+
+
+def make_listener(args: argparse.Namespace):
+    """The Listener that `listen` runs, from its parsed options (benchmarks build it so too)."""
     import torch
 
     from ensemble.config import load_config
@@ -86,6 +108,7 @@ def listen_command(args: argparse.Namespace) -> None:
         window_s=args.window,
         confirm=args.confirm,
         cooldown_s=args.cooldown,
+        min_score=args.min_score,
         clip_s=args.clip,
         location=args.location,
         keep_days=args.keep_days,
@@ -119,17 +142,7 @@ def listen_command(args: argparse.Namespace) -> None:
         options.window_s,
         ", ".join(type(s).__name__ for s in sinks),
     )
-    previous = signal.getsignal(signal.SIGTERM)
-    if _main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # systemd's stop: the same clean exit
-    try:
-        listener.run()
-    except KeyboardInterrupt:
-        log.info("stopped")
-    finally:
-        if _main_thread():
-            signal.signal(signal.SIGTERM, previous)
-    print(listener.summary.line(), file=sys.stderr)
+    return listener
 
 
 def _interrupt(signum, frame) -> None:

@@ -102,6 +102,14 @@ class AlertGate:
         return None
 
 
+def alerting(row: dict, min_score: float | None) -> bool:
+    """Whether a hop's row counts towards an alert: the ensemble's vote, and its score at least
+    `min_score` when one is set (a stricter bar for live alerts, chosen on validation streams)."""
+    if min_score is None:
+        return bool(row["emergency"])
+    return bool(row["emergency"]) and row["score"] is not None and row["score"] >= min_score
+
+
 class Scorer:
     """The ensemble of a config on one window of newest audio -> a window row (see `rows`)."""
 
@@ -138,6 +146,7 @@ class ListenOptions:
     window_s: float = 10.0  # scored every hop: the newest audio (the encoder pads it to 30 s)
     confirm: int = 1
     cooldown_s: float = 60.0
+    min_score: float | None = None  # an alerting hop also needs the ensemble's score >= this
     clip_s: float = 30.0  # audio saved with an alert, up to the alert
     location: str = ""
     device_id: str = field(default_factory=socket.gethostname)
@@ -264,7 +273,7 @@ class Listener:
             self.hops.send(row)
         self._prune()
         since = self.gate.normal_until
-        event = self.gate.update(row["emergency"], stream_s)
+        event = self.gate.update(alerting(row, o.min_score), stream_s)
         if event == "clear":
             log.info("%.1f s: the audio is normal again", stream_s)
         elif event == "held":
