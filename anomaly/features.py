@@ -9,23 +9,35 @@ The STFT uses the project's n_fft 400 / hop 160 (25 ms / 10 ms at 16 kHz): 201 b
 frames for a 30 s window. The magnitude in dB is normalised per image: the loudest cell maps to 1
 and `top_db` below it (or the -100 dB floor, whichever is higher) maps to 0, so the image does not
 depend on the recording level, as the paper's volume normalisation intends.
+
+`fixed_scale_image` is the fixed time-scale alternative to `spectrogram_images`: a fixed number of
+STFT frames per column (a 30 s window fills the width, a shorter clip is padded with silence, not
+stretched), the 201 frequency bins as they are, and optionally an absolute dB scale that keeps the
+recording level.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ensemble.core.audio import HOP_LENGTH, N_FFT
+from ensemble.core.audio import HOP_LENGTH, N_FFT, N_SAMPLES
 
 IMAGE_SIZE = 768  # px, side of the square spectrogram image (the paper's 900 px resized to 768)
 POOL_KERNELS = (7, 21, 63)  # px: fine, medium and coarse scales, one channel each
 POOL_STRIDE = 3  # px; padding (k - 3) / 2 then gives 768 / 3 = 256 px for every kernel
 TOP_DB = 80.0  # dB below the image's peak that map to 0
 AMIN = 1e-5  # magnitude floor (-100 dB): digital silence becomes a black image
+FRAMES_PER_COLUMN = 4  # STFT frames (10 ms) averaged into one column of a fixed-scale image
+# Absolute scale of `fixed_scale_image`, for float audio in [-1, 1] and the Hann-windowed STFT
+# (window sum 200): a full-scale sine peaks at +40 dB in its bin (a full-scale square wave at
+# +42 dB, clipped), 16-bit quantisation noise lies at about -80 dB per bin.
+ABS_DB_FLOOR = -80.0  # dB -> 0: at or below the 16-bit noise floor, as dark as digital silence
+ABS_DB_RANGE = 120.0  # dB; ABS_DB_FLOOR + ABS_DB_RANGE = +40 dB (full-scale sine) -> 1
 
 Pooling = Literal["avg", "max", "resize"]
 POOLINGS: tuple[str, ...] = ("avg", "max", "resize")
@@ -87,6 +99,70 @@ def spectrogram_images(
     return torch.stack(
         [spectrogram_image(wave[b, : lengths[b]], image_size, top_db) for b in range(B)]
     )[:, None]
+
+
+def fixed_scale_image(
+    wave: Tensor,
+    n_valid: Tensor | None = None,
+    frames_per_column: int = FRAMES_PER_COLUMN,
+    absolute: bool = True,
+    db_floor: float = ABS_DB_FLOOR,
+    db_range: float = ABS_DB_RANGE,
+    top_db: float = TOP_DB,
+    n_samples: int = N_SAMPLES,
+) -> tuple[Tensor, Tensor]:
+    """Windows `(B, N)` -> images `(B, 201, W)` in [0, 1] on one time scale, and valid columns `(B,)`.
+
+    Rows are the STFT bins (row 0 = 0 Hz), columns time: the n_samples // 160 frames of a full
+    window (3000 for 30 s; the STFT's extra last frame is dropped) are averaged `frames_per_column`
+    at a time, so W = ceil(3000 / 4) = 750 by default and a column always spans 40 ms. Windows with
+    N < n_samples are zero-padded to it; N > n_samples is an error.
+    Only the first `n_valid[b]` samples are used (later ones count as zeros). Valid columns are
+    ceil(ceil(n_valid / 160) / frames_per_column); every later column holds the value digital
+    silence gets, so a 10 s clip fills the first third of the image.
+    Levels: `absolute=True` maps [db_floor, db_floor + db_range] dB to [0, 1] (clipped; defaults
+    -80 and +40 dB, see ABS_DB_FLOOR), so a quieter clip gives a darker image; `absolute=False`
+    normalises each image to its own peak like `normalize_db(top_db)`. Cells are mapped to [0, 1]
+    before the time averaging, as `spectrogram_image` does before resizing.
+    """
+    if wave.ndim != 2:
+        raise ValueError(f"wave must be (B, N), got {tuple(wave.shape)}")
+    B, N = wave.shape
+    if frames_per_column < 1:
+        raise ValueError(f"frames_per_column must be positive, got {frames_per_column}")
+    if db_range <= 0 or top_db <= 0:
+        raise ValueError(f"db_range and top_db must be positive, got {db_range}, {top_db}")
+    if n_samples < N_FFT:
+        raise ValueError(f"n_samples must be >= {N_FFT}, got {n_samples}")
+    if n_samples < N:
+        raise ValueError(f"wave has {N} samples, more than n_samples = {n_samples}")
+    if n_valid is None:
+        n_valid = torch.full((B,), N, dtype=torch.long)
+    if n_valid.shape != (B,):
+        raise ValueError(f"n_valid must be (B,) = ({B},), got {tuple(n_valid.shape)}")
+    n_valid = n_valid.to(device=wave.device, dtype=torch.long).clamp(0, N)
+    keep = torch.arange(n_samples, device=wave.device) < n_valid[:, None]  # (B, n_samples)
+    wave = F.pad(wave, (0, n_samples - N)) * keep
+    window = torch.hann_window(N_FFT, device=wave.device, dtype=wave.dtype)
+    spec = torch.stft(wave, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    n_frames = n_samples // HOP_LENGTH
+    db = 20.0 * torch.log10(spec[..., :n_frames].abs().clamp(min=AMIN))  # (B, 201, n_frames)
+    silence_db = 20.0 * math.log10(AMIN)
+    if absolute:
+        img = ((db - db_floor) / db_range).clamp(0.0, 1.0)
+        silence = torch.full((B,), min(max((silence_db - db_floor) / db_range, 0.0), 1.0))
+    else:
+        peak = db.amax(dim=(1, 2), keepdim=True)  # frames past n_valid are silence: no effect
+        low = peak.clamp(min=silence_db + top_db) - top_db  # max(peak - top_db, floor)
+        img = ((db - low) / top_db).clamp(0.0, 1.0)
+        silence = ((silence_db - low) / top_db).clamp(0.0, 1.0).flatten()  # 0 by construction
+    k = frames_per_column
+    img = F.avg_pool1d(img, k, k, ceil_mode=True)  # (B, 201, W); a short last column: its mean
+    n_cols = (torch.div(n_valid + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor") + k - 1) // k
+    n_cols = n_cols.clamp(max=img.shape[-1])
+    pad = torch.arange(img.shape[-1], device=img.device) >= n_cols[:, None]  # (B, W)
+    silence = silence.to(device=img.device, dtype=img.dtype)[:, None, None]
+    return torch.where(pad[:, None, :], silence, img), n_cols
 
 
 def multiscale_pool(img: Tensor, pooling: Pooling = "avg") -> Tensor:
