@@ -185,7 +185,12 @@ def confirm_table(parts, hops, args, hours: float) -> list[dict]:
             )
         else:
             rows.append(
-                {"confirm": k, "false_alerts": len(alerts), "per_hour": len(alerts) / hours}
+                {
+                    "confirm": k,
+                    "min_score": m,
+                    "false_alerts": len(alerts),
+                    "per_hour": len(alerts) / hours,
+                }
             )
     return rows
 

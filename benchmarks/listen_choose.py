@@ -1,0 +1,100 @@
+"""Choose `listen --confirm` and `--min-score` on validation streams, from recorded hops.
+
+Reads two runs of `benchmarks/listen_latency.py` on the val split, an `events` run and an `hour`
+run of val normal clips, replays the alert gate on their recorded hops for every --confirm and
+--min-score (exact: the hops depend on neither), and chooses the setting that alerts the most val
+events among those with no false alert on all the val normal audio (ties: fewer confirming hops,
+then the lower bar). Writes the table and the choice to benchmarks/RESULTS.md.
+
+    python benchmarks/listen_choose.py --events-run runs/bench_listen_val/events-val-w10-c1 \\
+        --normal-run runs/bench_listen_val/hour-normal-val-w10-c1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from listen_latency import MIN_SCORES, events_stream, normal_stream, replay, score_events
+from speed import write_section
+
+
+def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
+    """A run's result, its stream's parts (rebuilt from the run's own options) and its hops."""
+    result = json.loads((run / "result.json").read_text())
+    o = result["options"]
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "stream.wav"
+        if result["mode"] == "events":
+            parts = events_stream(
+                Path(o["manifest"]), o["split"], int(o["events"]), int(o["seed"]), wav
+            )
+        else:
+            splits = o["splits"].split(",")
+            parts = normal_stream(
+                Path(o["manifest"]), splits, float(o["minutes"]), int(o["seed"]), wav
+            )
+    hops = [json.loads(line) for line in (run / "hops.jsonl").read_text().splitlines()]
+    return result, parts, hops
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events-run", type=Path, required=True)
+    parser.add_argument("--normal-run", type=Path, required=True)
+    parser.add_argument("--cooldown", type=float, default=10.0, help="replayed with every setting")
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
+    args = parser.parse_args()
+    ev_result, ev_parts, ev_hops = load(args.events_run)
+    no_result, _, no_hops = load(args.normal_run)
+    window = float(ev_result["options"]["window"])
+    cooldown = args.cooldown
+    normal_h = no_result["summary"]["stream_s"] / 3600
+    rows = []
+    for m in (None, *MIN_SCORES):
+        for k in (1, 2, 3):
+            s = score_events(ev_parts, replay(ev_hops, k, cooldown, 0.0, m), window)
+            false = s["false_alerts"] + len(replay(no_hops, k, cooldown, 0.0, m))
+            hours = normal_h + s["normal_s"] / 3600  # all the val normal audio
+            rows.append(
+                {
+                    "confirm": k,
+                    "min_score": m,
+                    "events_alerted": s["alerted"][0],
+                    "right_class": s["right_class"][0],
+                    "false_alerts": false,
+                    "false_per_hour": false / hours,
+                    "stream_latency_median_s": s["latency_median_s"],
+                }
+            )
+    clean = [r for r in rows if r["false_alerts"] == 0]
+    best = max(
+        clean or rows,
+        key=lambda r: (r["events_alerted"], -r["confirm"], -(r["min_score"] or 0)),
+    )
+    minutes = 60 * hours
+    text = (
+        f"### Listening: --confirm and --min-score chosen on val ({ev_result['n_events']} val "
+        f"events; {minutes:.0f} min of val normal audio; `--window {window:g} --cooldown "
+        f"{cooldown:g}`)\n\n"
+        "| --confirm | --min-score | events alerted | right class | false alerts | per hour | "
+        "median latency in stream s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+    )
+    for r in rows:
+        text += "| " + " | ".join(_cell(v) for v in r.values()) + " |\n"
+    rule = "the most events among settings without a false alert" if clean else "none is clean"
+    text += f"\nChosen ({rule}): `--confirm {best['confirm']} --min-score {best['min_score']}`\n"
+    print(text)
+    write_section(args.results, "listen-choose-val", text)
+
+
+def _cell(v) -> str:
+    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+
+if __name__ == "__main__":
+    main()
