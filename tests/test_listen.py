@@ -239,6 +239,15 @@ def test_a_stalled_stdin_is_reported_and_listening_goes_on(tmp_path, caplog):
     assert "no audio for 0.4 s" in caplog.text
 
 
+def test_a_wav_file_on_stdin_is_a_clear_error_not_noise(tmp_path, monkeypatch, caplog):
+    from helpers import noise_wav
+
+    config = script_config(tmp_path, [])
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(noise_wav(2.0))))
+    assert main(["listen", "-", "--config", str(config), "--out", str(tmp_path / "o")]) == 1
+    assert "stdin: a wav file, not raw PCM" in caplog.text
+
+
 def test_garbage_from_ffmpeg_is_a_clear_error_naming_the_source(tmp_path, caplog):
     bad = tmp_path / "garbage.wav"
     bad.write_bytes(np.random.default_rng(0).bytes(20000))

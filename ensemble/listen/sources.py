@@ -29,7 +29,7 @@ from typing import BinaryIO
 import numpy as np
 import soxr
 
-from ensemble.core.audio import SAMPLE_RATE
+from ensemble.core.audio import SAMPLE_RATE, sniff
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +117,11 @@ class Source:
         pass
 
 
-def pcm_blocks(stream: BinaryIO, rate: int, channels: int) -> Iterator[np.ndarray]:
-    """Signed 16-bit little-endian PCM from `stream` -> float32 mono 16 kHz blocks.
+def pcm_blocks(
+    stream: BinaryIO, rate: int, channels: int, head: bytes = b""
+) -> Iterator[np.ndarray]:
+    """Signed 16-bit little-endian PCM from `stream` (after `head`, bytes already read from it)
+    -> float32 mono 16 kHz blocks.
 
     A byte that ends a block mid-sample waits for the next read; a sample rate other than 16 kHz
     is resampled as a stream (soxr), so block edges leave no clicks.
@@ -128,9 +131,10 @@ def pcm_blocks(stream: BinaryIO, rate: int, channels: int) -> Iterator[np.ndarra
     resampler = (
         None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, "float32")
     )
-    rest = b""
+    rest, want = head, max(1, size - len(head))  # the first block, head included, is one block
     while True:
-        data = stream.read(size)
+        data = stream.read(want)
+        want = size
         if not data:
             break
         data = rest + data
@@ -164,7 +168,15 @@ class StdinSource(Source):
         self.stream = stream
 
     def _blocks(self) -> Iterator[np.ndarray]:
-        yield from pcm_blocks(self.stream or sys.stdin.buffer, self.rate, self.channels)
+        stream = self.stream or sys.stdin.buffer
+        head = stream.read(4)
+        kind = sniff(head)
+        if kind and not (kind == "mp3" and not head.startswith(b"ID3")):  # frame sync: maybe PCM
+            raise StreamError(
+                f"stdin: a {kind} file, not raw PCM: pass it as the source (`listen FILE`), or "
+                "decode it first (`ffmpeg -i FILE -f s16le -ac 1 -ar 16000 - | ... listen -`)"
+            )
+        yield from pcm_blocks(stream, self.rate, self.channels, head)
 
 
 class FfmpegSource(Source):
