@@ -7,8 +7,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
+import anomaly_densities
+import numpy as np
 import speed
 import speed_steps
+from sklearn.metrics import roc_auc_score
 
 
 def test_sections_are_replaced_in_place_and_the_rest_kept(tmp_path):
@@ -35,3 +38,32 @@ def test_table_ratios_against_openai_whisper():
 def test_largest_change_in_points_skips_missing_metrics():
     assert speed_steps.largest_change([0.5, None, 0.81], [0.52, 0.3, 0.8]) == pytest.approx(2.0)
     assert speed_steps.largest_change([None], [0.1]) == 0
+
+
+@pytest.mark.parametrize("max_fpr", [None, 0.1, 0.3])
+def test_fast_roc_auc_equals_scikit_learn_with_ties(max_fpr):
+    rng = np.random.default_rng(0)
+    for n in (7, 40, 201):
+        y = rng.random(n) < 0.4
+        y[:2] = [True, False]
+        s = np.round(rng.normal(size=n) + y, 1)  # rounded: many ties
+        expected = roc_auc_score(y, s, max_fpr=max_fpr)
+        assert anomaly_densities.roc_auc(y, s, max_fpr) == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError):
+        anomaly_densities.roc_auc(np.ones(5, bool), np.arange(5.0))
+
+
+def test_coreset_keeps_the_outliers_and_knn_scores_them_far():
+    rng = np.random.default_rng(0)
+    x = np.r_[rng.normal(0, 0.01, (200, 16)) + 1, np.eye(16)[:3] * -5]  # a cloud and 3 outliers
+    picked = anomaly_densities.coreset(x, 10)
+    assert len(set(picked.tolist())) == 10 and {200, 201, 202} <= set(picked.tolist())
+    score = anomaly_densities.knn(x[:200], bank=50)
+    near, far = score(x[:5]), score(-x[:5])
+    assert near.max() < far.min()
+
+
+def test_moment_scores_aggregate_per_window():
+    s, offsets = np.array([1.0, 5.0, 2.0, 3.0, 0.0]), np.array([0, 1, 5])
+    assert anomaly_densities.aggregate(s, offsets, "max").tolist() == [1.0, 5.0]
+    assert anomaly_densities.aggregate(s, offsets, "top3").tolist() == [1.0, 10 / 3]
