@@ -8,6 +8,10 @@ then the lower bar). Writes the table and the choice to benchmarks/RESULTS.md.
 
     python benchmarks/listen_choose.py --events-run runs/bench_listen_val/events-val-w10-c1 \\
         --normal-run runs/bench_listen_val/hour-normal-val-w10-c1
+
+`--config C` first revotes the recorded hops under another ensemble config with the same members
+or fewer (each hop row holds every member's outputs), as `listen --config C` would have voted
+them; `--name` names the section. Runs on the test split give that config's test figures.
 """
 
 from __future__ import annotations
@@ -21,6 +25,20 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from listen_latency import MIN_SCORES, events_stream, normal_stream, replay, score_events
 from speed import write_section
+
+
+def revote_hops(hops: list[dict], config_path: Path) -> list[dict]:
+    """The hop rows as the ensemble of `config_path` votes them (its members' recorded outputs)."""
+    from ensemble.config import load_config
+    from ensemble.core.labels import load_taxonomy
+    from ensemble.rows import MemberTable, RowMaker
+
+    config = load_config(config_path)
+    taxonomy = load_taxonomy(config.labels)
+    table = MemberTable.from_rows(hops, list(config.names), taxonomy.n_classes)
+    metas = [{k: h[k] for k in ("path", "window", "start_s", "end_s")} for h in hops]
+    extras = [{k: h.get(k) for k in ("transcript", "no_speech_prob", "events")} for h in hops]
+    return RowMaker(config, taxonomy).windows(metas, table, extras)
 
 
 def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -47,10 +65,14 @@ def main() -> None:
     parser.add_argument("--events-run", type=Path, required=True)
     parser.add_argument("--normal-run", type=Path, required=True)
     parser.add_argument("--cooldown", type=float, default=10.0, help="replayed with every setting")
+    parser.add_argument("--config", type=Path, default=None, help="revote the hops under this")
+    parser.add_argument("--name", default="val", help="the section: listen-choose-NAME")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     args = parser.parse_args()
     ev_result, ev_parts, ev_hops = load(args.events_run)
     no_result, _, no_hops = load(args.normal_run)
+    if args.config is not None:
+        ev_hops, no_hops = revote_hops(ev_hops, args.config), revote_hops(no_hops, args.config)
     window = float(ev_result["options"]["window"])
     cooldown = args.cooldown
     normal_h = no_result["summary"]["stream_s"] / 3600
@@ -77,19 +99,24 @@ def main() -> None:
         key=lambda r: (r["events_alerted"], -r["confirm"], -(r["min_score"] or 0)),
     )
     minutes = 60 * hours
+    split = ev_result["options"]["split"]
+    config = args.config or ev_result["options"]["config"]
     text = (
-        f"### Listening: --confirm and --min-score chosen on val ({ev_result['n_events']} val "
-        f"events; {minutes:.0f} min of val normal audio; `--window {window:g} --cooldown "
-        f"{cooldown:g}`)\n\n"
+        f"### Listening: --confirm and --min-score on {split} ({ev_result['n_events']} {split} "
+        f"events; {minutes:.0f} min of normal audio; `--window {window:g} --cooldown "
+        f"{cooldown:g}`; {config})\n\n"
         "| --confirm | --min-score | events alerted | right class | false alerts | per hour | "
         "median latency in stream s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     for r in rows:
         text += "| " + " | ".join(_cell(v) for v in r.values()) + " |\n"
     rule = "the most events among settings without a false alert" if clean else "none is clean"
-    text += f"\nChosen ({rule}): `--confirm {best['confirm']} --min-score {best['min_score']}`\n"
+    if split == "val":  # never chosen on test
+        text += (
+            f"\nChosen ({rule}): `--confirm {best['confirm']} --min-score {best['min_score']}`\n"
+        )
     print(text)
-    write_section(args.results, "listen-choose-val", text)
+    write_section(args.results, f"listen-choose-{args.name}", text)
 
 
 def _cell(v) -> str:
