@@ -4,6 +4,10 @@
 the member's `state_dict` and a checkpoint loads with `weights_only=True`. The score is the
 Mahalanobis distance itself (not squared): scikit-learn's `LedoitWolf().mahalanobis(X)` returns the
 squared distance, i.e. `score(X) ** 2`.
+
+The kNN memory bank of the moment member (and benchmarks/anomaly_densities.py): `coreset` picks
+the rows of a bank by greedy k-center selection on a random projection (PatchCore's coreset),
+`knn_distance` is the mean Euclidean distance of unit vectors to their `k` nearest bank rows.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ import numpy as np
 import torch
 from sklearn.covariance import LedoitWolf
 from torch import Tensor, nn
+
+K_NEIGHBOURS = 3
+PROJECTION_DIM = 128  # coreset selection runs on a random projection of this size
 
 
 def mahalanobis(x: Tensor, mean: Tensor, inv_cov: Tensor) -> Tensor:
@@ -80,3 +87,41 @@ class GaussianDensity(nn.Module):
         if not self.fitted:
             raise RuntimeError("the density is not fitted: call fit() on normal embeddings first")
         return mahalanobis(emb, self.mean, self.precision)
+
+
+def l2_normalise(x: Tensor) -> Tensor:
+    """Rows `(N, D)` scaled to unit length (rows of zeros stay zero)."""
+    return x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def coreset(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of `size` rows of `x (N, D)` by greedy k-center selection: each pick is the row
+    farthest from those already picked, on a Gaussian random projection to 128 dimensions. All
+    rows when N <= size."""
+    n = len(x)
+    if n <= size:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    proj = rng.normal(size=(x.shape[1], PROJECTION_DIM)) / np.sqrt(PROJECTION_DIM)
+    z = torch.from_numpy((x @ proj).astype(np.float32))
+    picked = [int(rng.integers(n))]
+    dist = ((z - z[picked[0]]) ** 2).sum(dim=1)
+    for _ in range(size - 1):
+        i = int(dist.argmax())
+        picked.append(i)
+        dist = torch.minimum(dist, ((z - z[i]) ** 2).sum(dim=1))
+    return np.array(picked)
+
+
+def knn_distance(q: Tensor, memory: Tensor, k: int = K_NEIGHBOURS, chunk: int = 4096) -> Tensor:
+    """Mean Euclidean distance `(M,)` of unit rows `q (M, D)` to their `k` nearest unit rows of
+    `memory (B, D)` (all B when B < k), computed `chunk` rows at a time."""
+    if q.ndim != 2 or memory.ndim != 2 or q.shape[1] != memory.shape[1] or len(memory) == 0:
+        raise ValueError(f"need (M, D) and (B, D), B > 0; got {tuple(q.shape)}, {memory.shape}")
+    memory = memory.to(q)
+    out = []
+    for i in range(0, len(q), chunk):
+        d2 = (2.0 - 2.0 * q[i : i + chunk] @ memory.T).clamp(min=0.0)  # unit vectors
+        near = d2.topk(min(k, len(memory)), dim=1, largest=False).values
+        out.append(near.sqrt().mean(dim=1))
+    return torch.cat(out) if out else q.new_zeros(0)

@@ -8,7 +8,8 @@ scores `(M,)`, higher = less normal.
 - `knn`: the mean Euclidean distance to the 3 nearest vectors of a memory bank, all vectors
   L2-normalised (so it ranks like cosine distance); a bank larger than `bank` vectors is reduced
   to `bank` by greedy k-center selection on a 128-dimensional random projection (PatchCore's
-  coreset).
+  coreset; `coreset` and `knn_distance` come from anomaly/density.py, which the moment member
+  uses too).
 `aggregate` turns a window's moment scores into its score, `threshold_check` applies a threshold
 set at 5 % FPR on the normal val windows to the test sets.
 `roc_auc` is scikit-learn's `roc_auc_score` (max_fpr too) without its input checks, fast enough for
@@ -26,10 +27,10 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
+from anomaly.density import K_NEIGHBOURS, coreset, knn_distance, l2_normalise
+
 Scorer = Callable[[np.ndarray], np.ndarray]
 DENSITIES = ("gaussian", "gaussian per class", "knn")
-K_NEIGHBOURS = 3
-PROJECTION_DIM = 128  # coreset selection runs on a random projection of this size
 _CHECKED: set[tuple[int, float | None]] = set()
 
 
@@ -45,41 +46,14 @@ def gaussian_per_class(x: np.ndarray, labels: np.ndarray) -> Scorer:
     return lambda q: np.min([s(q) for s in scorers], axis=0)
 
 
-def l2_normalise(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def coreset(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
-    """Indices of `size` rows of `x (N, D)` by greedy k-center selection: each pick is the row
-    farthest from those already picked, on a Gaussian random projection to 128 dimensions."""
-    n = len(x)
-    if n <= size:
-        return np.arange(n)
-    rng = np.random.default_rng(seed)
-    proj = rng.normal(size=(x.shape[1], PROJECTION_DIM)) / np.sqrt(PROJECTION_DIM)
-    z = torch.from_numpy((x @ proj).astype(np.float32))
-    picked = [int(rng.integers(n))]
-    dist = ((z - z[picked[0]]) ** 2).sum(dim=1)
-    for _ in range(size - 1):
-        i = int(dist.argmax())
-        picked.append(i)
-        dist = torch.minimum(dist, ((z - z[i]) ** 2).sum(dim=1))
-    return np.array(picked)
-
-
 def knn(x: np.ndarray, bank: int, seed: int = 0, k: int = K_NEIGHBOURS) -> Scorer:
     """Mean distance to the `k` nearest of a coreset of at most `bank` L2-normalised rows of x."""
-    x = l2_normalise(x)
-    memory = torch.from_numpy(x[coreset(x, bank, seed)].astype(np.float32))  # (B, D)
+    unit = l2_normalise(torch.from_numpy(x.astype(np.float32)))
+    memory = unit[torch.from_numpy(coreset(unit.numpy(), bank, seed))]  # (B, D)
 
-    def score(q: np.ndarray, chunk: int = 4096) -> np.ndarray:
-        q_t = torch.from_numpy(l2_normalise(q).astype(np.float32))
-        out = []
-        for i in range(0, len(q_t), chunk):
-            d2 = (2.0 - 2.0 * q_t[i : i + chunk] @ memory.T).clamp(min=0.0)  # unit vectors
-            near = d2.topk(min(k, len(memory)), dim=1, largest=False).values
-            out.append(near.sqrt().mean(dim=1))
-        return torch.cat(out).numpy().astype(np.float64)
+    def score(q: np.ndarray) -> np.ndarray:
+        q_t = l2_normalise(torch.from_numpy(q.astype(np.float32)))
+        return knn_distance(q_t, memory, k).numpy().astype(np.float64)
 
     return score
 

@@ -1,31 +1,26 @@
 """Pretrained EfficientNet-Lite0 features of spectrogram windows, for anomaly_pretrained.py.
 
 A window becomes a fixed time-scale image (`fixed_scale_image`: 201 bins by one column per 40 ms,
-absolute or per-image dB) cut to its valid columns, a 3-channel image (`pool_image`), and one
-forward pass gives the feature maps of the wanted stages (`feature_maps`). `extract` keeps per
+absolute or per-image dB) cut to its valid columns, a 3-channel image (`moments.pool_image`), and
+one forward pass gives the feature maps of the wanted stages (`feature_maps`). `extract` keeps per
 window the map's global average (pooled) and its frequency average per time column (moments).
+The image and moment functions are the moment member's own (anomaly/moments.py).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from anomaly.efficientnet import (
-    N_FEATURES,
-    STAGE_CHANNELS,
-    STAGE_REDUCTIONS,
-    EfficientNetLite0,
-    normalize,
-)
-from anomaly.features import POOL_KERNELS, POOL_STRIDE, fixed_scale_image, multiscale_pool
+from anomaly.efficientnet import N_FEATURES, STAGE_CHANNELS, STAGE_REDUCTIONS, EfficientNetLite0
+from anomaly.features import fixed_scale_image
+from anomaly.moments import STRIDES as STRIDES  # the strides anomaly_pretrained.py offers
+from anomaly.moments import frequency_moments, network_input
 
 log = logging.getLogger("anomaly_pretrained")
 # image variant: (absolute dB, pooling); "abs" keeps the recording level, "rel" is per image
@@ -42,28 +37,6 @@ STAGE_INFO = {  # channels, input px per map column
     s: (N_FEATURES, STAGE_REDUCTIONS[-1]) if i is None else (STAGE_CHANNELS[i], STAGE_REDUCTIONS[i])
     for s, i in STAGES.items()
 }
-STRIDES = (POOL_STRIDE, 1)  # px: `multiscale_pool` as it is, or its kernels at full resolution
-
-
-def pool_image(img: Tensor, pooling: str, stride: int) -> Tensor:
-    """`(1, 1, H, W)` -> the 3-channel image. Stride 3 is `multiscale_pool`, `(1, 3, H / 3, W / 3)`;
-    stride 1 keeps `(H, W)`: the same kernels 7 / 21 / 63 with padding k // 2 (padded cells not
-    counted), and for "resize" the image itself in 3 channels."""
-    if stride == POOL_STRIDE:
-        return multiscale_pool(img, pooling)
-    if stride != 1:
-        raise ValueError(f"stride must be one of {STRIDES}, got {stride}")
-    if pooling == "resize":
-        return img.expand(-1, 3, -1, -1)
-    chans = []
-    for k in POOL_KERNELS:
-        p = k // 2
-        if pooling == "avg":
-            x = F.avg_pool2d(img, (k, 1), 1, (p, 0), count_include_pad=False)
-            chans.append(F.avg_pool2d(x, (1, k), 1, (0, p), count_include_pad=False))
-        else:
-            chans.append(F.max_pool2d(F.max_pool2d(img, (k, 1), 1, (p, 0)), (1, k), 1, (0, p)))
-    return torch.cat(chans, dim=1)
 
 
 def feature_maps(model: EfficientNetLite0, x: Tensor, stages: list[str]) -> dict[str, Tensor]:
@@ -99,10 +72,9 @@ def extract(
         for image, stride in images:
             absolute, pooling = IMAGES[image]
             img, n_cols = base[absolute]
-            width = min(img.shape[-1], max(math.ceil(int(n_cols[0]) / stride), 1) * stride)
-            x = normalize(pool_image(img[:, None, :, :width], pooling, stride))
+            x = network_input(img, int(n_cols[0]), pooling, stride)
             for stage, fmap in feature_maps(model, x, stages).items():
-                m = fmap[0].mean(dim=1).T  # (t, C): frequency averaged, one row per column
+                m = frequency_moments(fmap)[0]  # (t, C): frequency averaged, one row per column
                 pooled, moments, labels = acc[(image, stride, stage)]
                 moments.append(m.numpy())
                 pooled.append(m.mean(dim=0).numpy())

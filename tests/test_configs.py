@@ -16,6 +16,7 @@ KNOWN = {
     "data.yaml",
     "cnn.yaml",
     "anomaly.yaml",
+    "anomaly_pretrained.yaml",
     "keywords.yaml",
     "whisper_head.yaml",
     "whisper_head_gpu.yaml",
@@ -84,7 +85,7 @@ def lightning_cli(config: str, manifest, tmp_path, *overrides: str, over: str | 
     )
 
 
-@pytest.mark.parametrize("member", ["cnn", "anomaly", "whisper_head"])
+@pytest.mark.parametrize("member", ["cnn", "anomaly", "anomaly_pretrained", "whisper_head"])
 def test_trainer_yaml_is_shared(member, demo_manifest, tmp_path):
     shared = yaml.safe_load((CONFIGS / "trainer.yaml").read_text())
     raw = yaml.safe_load((CONFIGS / f"{member}.yaml").read_text())
@@ -129,6 +130,32 @@ def test_anomaly_yaml_instantiates(demo_manifest, tmp_path):
     c = cli.model.model.config
     assert (c.image_size, c.pooling, c.width, c.embed_dim) == (768, "avg", 64, 128)
     assert cli.model.configure_optimizers().defaults["lr"] == 0.001
+
+
+def test_anomaly_pretrained_yaml_fits_and_saves_a_loadable_last_checkpoint(demo_manifest, tmp_path):
+    from anomaly.moment_module import MomentAnomalyModule
+    from ensemble.core.member import load_member
+
+    cli = lightning_cli(
+        "anomaly_pretrained.yaml",
+        demo_manifest,
+        tmp_path,
+        "--trainer.logger=false",
+        "--trainer.limit_train_batches=1",
+        "--trainer.limit_val_batches=2",
+        "--data.init_args.window_s=8.0",
+    )
+    module = cli.model
+    assert isinstance(module, MomentAnomalyModule) and cli.trainer.max_epochs == 1
+    c = module.model.config
+    assert (c.absolute, c.pooling, c.stride, c.stage, c.bank_size, c.k) == (
+        False, "resize", 1, 4, 2000, 3
+    )  # fmt: skip
+    assert cli.datamodule.hparams.train_classes == "normal" and module.hparams.load_weights
+    cli.trainer.fit(module, datamodule=cli.datamodule)
+    last = next(tmp_path.rglob("last.ckpt"))
+    loaded = load_member(last)
+    assert int(loaded.model.n_bank) > 0 and not torch.isnan(loaded.threshold)
 
 
 def test_whisper_head_yaml_instantiates_with_bundled_base(demo_manifest, tmp_path):
