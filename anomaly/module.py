@@ -25,7 +25,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
@@ -34,15 +33,15 @@ from torch import Tensor
 from anomaly.cutpaste import augment, make_augmentation, n_classes
 from anomaly.density import GaussianDensity
 from anomaly.model import AnomalyNet, load_backbone
+from anomaly.scored import ScoredAnomalyMember
 from ensemble.core.data import valid_samples
-from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, emergency_targets
-from ensemble.core.metrics import binary_metrics, threshold_at_fpr
+from ensemble.core.member import MemberOutput
+from ensemble.core.metrics import binary_metrics
 
 log = logging.getLogger(__name__)
 
 
-class AnomalyModule(MemberModule):
+class AnomalyModule(ScoredAnomalyMember):
     """CutPaste self-supervision on normal audio; anomaly score = Mahalanobis distance.
 
     `p_emergency = sigmoid((score - threshold) / scale)` with `scale` the standard deviation of the
@@ -78,9 +77,6 @@ class AnomalyModule(MemberModule):
         self.optimizer = optimizer
         self.augmentation = make_augmentation(variant, jitter)
         self.density = GaussianDensity(model.config.embed_dim)
-        self.register_buffer("threshold", torch.tensor(float("nan")))  # score units; NaN = unset
-        self.register_buffer("scale", torch.tensor(1.0))  # score units per logit of p_emergency
-        self.taxonomy: Taxonomy | None = None
         self.calibration: dict[str, float] = {}
         self._generators: dict[str, torch.Generator] = {}
         self._scores: list[tuple[Tensor, Tensor]] = []
@@ -89,7 +85,7 @@ class AnomalyModule(MemberModule):
     # --- setup and optimiser -------------------------------------------------------------
 
     def setup(self, stage: str) -> None:
-        self.taxonomy = getattr(self.trainer.datamodule, "taxonomy", None) or load_taxonomy()
+        super().setup(stage)
         if stage == "fit" and self.hparams.init_checkpoint and not self.density.fitted:
             load_backbone(self.model.backbone, self.hparams.init_checkpoint)
 
@@ -232,15 +228,6 @@ class AnomalyModule(MemberModule):
             flags.append(self._is_emergency(batch["label"]).cpu())
         return torch.cat(scores), torch.cat(flags)
 
-    def _set_threshold(self, normal_scores: Tensor) -> None:
-        if len(normal_scores) == 0:
-            log.warning("no normal validation windows: the threshold stays unset")
-            return
-        s = normal_scores.detach().double().cpu().numpy()
-        self.threshold.fill_(threshold_at_fpr(s, self.hparams.threshold_fpr))
-        std = float(np.std(s))
-        self.scale.fill_(std if std > 0 else 1.0)
-
     # --- prediction ----------------------------------------------------------------------
 
     def score(self, batch: dict) -> Tensor:
@@ -257,46 +244,15 @@ class AnomalyModule(MemberModule):
         with torch.no_grad(), _eval_mode(self.model):  # whatever mode the caller left it in
             emb = self.model(batch["wave"], n_valid).embedding  # (B, D)
             score = self.density.score(emb)  # (B,)
-        return MemberOutput(
-            p_emergency=torch.sigmoid((score - self.threshold) / self.scale).float(),
-            vote=score > self.threshold,
-            embedding=emb,
-        )
+        return self._output(score, emb)
 
     # --- helpers -------------------------------------------------------------------------
-
-    def _n_valid(self, batch: dict) -> Tensor | None:
-        wave = batch["wave"]
-        if not isinstance(wave, Tensor) or wave.ndim != 2:
-            raise ValueError(
-                f"batch['wave'] must be a (B, N) tensor, got {getattr(wave, 'shape', wave)}"
-            )
-        mask = batch.get("mask")
-        if mask is None:
-            return None
-        if mask.ndim != 2 or mask.shape[0] != wave.shape[0]:
-            raise ValueError(
-                f"batch['mask'] must be (B, T) with B={wave.shape[0]}, got {tuple(mask.shape)}"
-            )
-        return valid_samples(mask, wave.shape[1])
-
-    def _is_emergency(self, labels: Tensor) -> Tensor:
-        if self.taxonomy is None:
-            self.taxonomy = load_taxonomy()
-        return emergency_targets(labels, self.taxonomy)
 
     def _generator(self, stage: str) -> torch.Generator:
         key = "train" if stage == "train" else "eval"
         if key not in self._generators:
             self._generators[key] = torch.Generator().manual_seed(self.hparams.seed)
         return self._generators[key]
-
-    def _loader(self, split: str) -> Any:
-        """A fresh loader of a split from the datamodule (a new iterator never disturbs fit's)."""
-        dm = self.trainer.datamodule
-        if dm is not None:
-            return getattr(dm, f"{split}_dataloader")()
-        return self.trainer.train_dataloader if split == "train" else self.trainer.val_dataloaders
 
 
 @contextmanager

@@ -20,23 +20,20 @@ mode, so its BatchNorm statistics never move):
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from anomaly.efficientnet import load_pretrained
 from anomaly.moments import MomentNet
-from ensemble.core.data import valid_samples
-from ensemble.core.labels import Taxonomy, load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, emergency_targets
-from ensemble.core.metrics import binary_metrics, threshold_at_fpr
+from anomaly.scored import ScoredAnomalyMember
+from ensemble.core.member import MemberOutput
+from ensemble.core.metrics import binary_metrics
 
 log = logging.getLogger(__name__)
 
 
-class MomentAnomalyModule(MemberModule):
+class MomentAnomalyModule(ScoredAnomalyMember):
     """kNN distance of pretrained feature columns to those of normal train audio; no training.
 
     `load_weights`: load the ImageNet weights when fit starts on an empty bank (False keeps the
@@ -58,17 +55,11 @@ class MomentAnomalyModule(MemberModule):
         for name, value in (("threshold_fpr", threshold_fpr), ("max_fpr", max_fpr)):
             if not 0.0 < value < 1.0:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
-        self.register_buffer("threshold", torch.tensor(float("nan")))  # score units; NaN = unset
-        self.register_buffer("scale", torch.tensor(1.0))  # score units per logit of p_emergency
-        self.taxonomy: Taxonomy | None = None
         self.calibration: dict[str, float] = {}
         self._pending: list[Tensor] = []  # moments of the normal train windows seen this epoch
         self._scores: list[tuple[Tensor, Tensor]] = []
 
     # --- setup and optimiser -------------------------------------------------------------
-
-    def setup(self, stage: str) -> None:
-        self.taxonomy = getattr(self.trainer.datamodule, "taxonomy", None) or load_taxonomy()
 
     def configure_optimizers(self) -> None:
         return None  # nothing is trained
@@ -174,15 +165,6 @@ class MomentAnomalyModule(MemberModule):
         log.info("calibrated: %s", self.calibration)
         return self.calibration
 
-    def _set_threshold(self, normal_scores: Tensor) -> None:
-        if len(normal_scores) == 0:
-            log.warning("no normal validation windows: the threshold stays unset")
-            return
-        s = normal_scores.detach().double().cpu().numpy()
-        self.threshold.fill_(threshold_at_fpr(s, self.hparams.threshold_fpr))
-        std = float(np.std(s))
-        self.scale.fill_(std if std > 0 else 1.0)
-
     # --- prediction ----------------------------------------------------------------------
 
     def score(self, batch: dict) -> Tensor:
@@ -196,37 +178,4 @@ class MomentAnomalyModule(MemberModule):
             raise RuntimeError("the moment member is not calibrated: fit it or load a checkpoint")
         moments = self.model.moments(batch["wave"], self._n_valid(batch))
         score = self.model.score_moments(moments)  # (B,)
-        return MemberOutput(
-            p_emergency=torch.sigmoid((score - self.threshold) / self.scale).float(),
-            vote=score > self.threshold,
-            embedding=torch.stack([m.mean(dim=0) for m in moments]),  # (B, C)
-        )
-
-    # --- helpers -------------------------------------------------------------------------
-
-    def _n_valid(self, batch: dict) -> Tensor | None:
-        wave = batch["wave"]
-        if not isinstance(wave, Tensor) or wave.ndim != 2:
-            raise ValueError(
-                f"batch['wave'] must be a (B, N) tensor, got {getattr(wave, 'shape', wave)}"
-            )
-        mask = batch.get("mask")
-        if mask is None:
-            return None
-        if mask.ndim != 2 or mask.shape[0] != wave.shape[0]:
-            raise ValueError(
-                f"batch['mask'] must be (B, T) with B={wave.shape[0]}, got {tuple(mask.shape)}"
-            )
-        return valid_samples(mask, wave.shape[1])
-
-    def _is_emergency(self, labels: Tensor) -> Tensor:
-        if self.taxonomy is None:
-            self.taxonomy = load_taxonomy()
-        return emergency_targets(labels, self.taxonomy)
-
-    def _loader(self, split: str) -> Any:
-        """A fresh loader of a split from the datamodule."""
-        dm = self.trainer.datamodule
-        if dm is not None:
-            return getattr(dm, f"{split}_dataloader")()
-        return self.trainer.train_dataloader if split == "train" else self.trainer.val_dataloaders
+        return self._output(score, torch.stack([m.mean(dim=0) for m in moments]))  # (B, C)
