@@ -292,7 +292,7 @@ def test_mic_without_portaudio_says_how_to_get_it(monkeypatch):
         open_source("mic")
 
 
-def test_credentials_in_a_url_never_reach_logs_or_alerts():
+def test_a_url_password_is_hidden_in_the_source_name_that_logs_and_alerts_carry():
     source = FfmpegSource("rtsp://admin:hunter2@cam.local:554/live")
     assert "hunter2" not in source.name and "admin:***@cam.local" in source.name
 

@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,4 @@ def _interrupt(signum, frame) -> None:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread() and os.name == "posix"
