@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listen_latency import MIN_SCORES, events_stream, normal_stream, replay, score_events
+from listen_latency import SETTINGS, cell, events_stream, normal_stream, replay, score_events
 from speed import write_section
 
 
@@ -31,14 +31,10 @@ def revote_hops(hops: list[dict], config_path: Path) -> list[dict]:
     """The hop rows as the ensemble of `config_path` votes them (its members' recorded outputs)."""
     from ensemble.config import load_config
     from ensemble.core.labels import load_taxonomy
-    from ensemble.rows import MemberTable, RowMaker
+    from ensemble.revote import revote_windows
 
     config = load_config(config_path)
-    taxonomy = load_taxonomy(config.labels)
-    table = MemberTable.from_rows(hops, list(config.names), taxonomy.n_classes)
-    metas = [{k: h[k] for k in ("path", "window", "start_s", "end_s")} for h in hops]
-    extras = [{k: h.get(k) for k in ("transcript", "no_speech_prob", "events")} for h in hops]
-    return RowMaker(config, taxonomy).windows(metas, table, extras)
+    return revote_windows(hops, config, load_taxonomy(config.labels))
 
 
 def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -77,22 +73,21 @@ def main() -> None:
     cooldown = args.cooldown
     normal_h = no_result["summary"]["stream_s"] / 3600
     rows = []
-    for m in (None, *MIN_SCORES):
-        for k in (1, 2, 3):
-            s = score_events(ev_parts, replay(ev_hops, k, cooldown, 0.0, m), window)
-            false = s["false_alerts"] + len(replay(no_hops, k, cooldown, 0.0, m))
-            hours = normal_h + s["normal_s"] / 3600  # all the val normal audio
-            rows.append(
-                {
-                    "confirm": k,
-                    "min_score": m,
-                    "events_alerted": s["alerted"][0],
-                    "right_class": s["right_class"][0],
-                    "false_alerts": false,
-                    "false_per_hour": false / hours,
-                    "stream_latency_median_s": s["latency_median_s"],
-                }
-            )
+    for k, m in SETTINGS:
+        s = score_events(ev_parts, replay(ev_hops, k, cooldown, 0.0, m), window)
+        false = s["false_alerts"] + len(replay(no_hops, k, cooldown, 0.0, m))
+        hours = normal_h + s["normal_s"] / 3600  # all the val normal audio
+        rows.append(
+            {
+                "confirm": k,
+                "min_score": m,
+                "events_alerted": s["alerted"][0],
+                "right_class": s["right_class"][0],
+                "false_alerts": false,
+                "false_per_hour": false / hours,
+                "stream_latency_median_s": s["latency_median_s"],
+            }
+        )
     clean = [r for r in rows if r["false_alerts"] == 0]
     best = max(
         clean or rows,
@@ -109,7 +104,7 @@ def main() -> None:
         "median latency in stream s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
     )
     for r in rows:
-        text += "| " + " | ".join(_cell(v) for v in r.values()) + " |\n"
+        text += "| " + " | ".join(cell(v) for v in r.values()) + " |\n"
     rule = "the most events among settings without a false alert" if clean else "none is clean"
     if split == "val":  # never chosen on test
         text += (
@@ -117,10 +112,6 @@ def main() -> None:
         )
     print(text)
     write_section(args.results, f"listen-choose-{args.name}", text)
-
-
-def _cell(v) -> str:
-    return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from speed import write_section
 
 SR = 16000
 MIN_SCORES = (0.8, 0.85, 0.9, 0.95)  # --min-score values replayed beside the vote alone
+SETTINGS = [(k, m) for m in (None, *MIN_SCORES) for k in (1, 2, 3)]  # (--confirm, --min-score)
 
 
 def clips(manifest: Path, splits: list[str], emergency: bool) -> pd.DataFrame:
@@ -169,7 +170,7 @@ def confirm_table(parts, hops, args, hours: float) -> list[dict]:
     """Per --confirm 1..4 and --min-score, replayed on the run's hops: events alerted and false
     alerts per hour."""
     rows = []
-    for k, m in [(k, m) for m in (None, *MIN_SCORES) for k in range(1, 4)]:
+    for k, m in SETTINGS:
         alerts = replay(hops, k, args.cooldown, 0.0, m)  # latency in stream time only
         if any(p["emergency"] for p in parts):
             s = score_events(parts, alerts, args.window)
@@ -305,7 +306,7 @@ def report(r: dict) -> str:
     table = "| --confirm | --min-score | " + " | ".join(list(r["by_confirm"][0])[2:]) + " |\n"
     table += "| ---: " * len(r["by_confirm"][0]) + "|\n"
     for row in r["by_confirm"]:
-        table += "| " + " | ".join(_cell(v) for v in row.values()) + " |\n"
+        table += "| " + " | ".join(cell(v) for v in row.values()) + " |\n"
     table = (
         "\nReplayed on the recorded hops (time is stream time: exact for every --confirm):\n\n"
         + table
@@ -351,7 +352,7 @@ def report(r: dict) -> str:
     )
 
 
-def _cell(v) -> str:
+def cell(v) -> str:
     return "" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
 
 

@@ -109,21 +109,24 @@ META_KEYS = ("path", "window", "start_s", "end_s")
 EXTRA_KEYS = ("transcript", "no_speech_prob", "events")
 
 
+def revote_windows(windows: list[dict], config: EnsembleConfig, taxonomy: Taxonomy) -> list[dict]:
+    """Window rows (of `infer`, or the hops `listen --record-hops` writes) as `config` votes
+    them: its members, the rows' members or fewer, from their recorded outputs."""
+    table = MemberTable.from_rows(windows, list(config.names), taxonomy.n_classes)
+    return RowMaker(config, taxonomy).windows(
+        [{k: w[k] for k in META_KEYS} for w in windows],
+        table,
+        [{k: w.get(k) for k in EXTRA_KEYS} | {"events": w.get("events") or []} for w in windows],
+    )
+
+
 def revote(run: Run, config: EnsembleConfig, taxonomy: Taxonomy) -> tuple[list[dict], list[dict]]:
     """(window rows, file rows) of `config` over the run's member outputs: what `infer` with
     `config` writes for those files, without running a model."""
     if list(config.names) != run.names:
         raise ValueError(f"the config's members {config.names} are not the run's {run.names}")
     maker = RowMaker(config, taxonomy)
-    table = MemberTable.from_rows(run.windows, run.names, taxonomy.n_classes)
-    windows = maker.windows(
-        [{k: w[k] for k in META_KEYS} for w in run.windows],
-        table,
-        [
-            {k: w.get(k) for k in EXTRA_KEYS} | {"events": w.get("events") or []}
-            for w in run.windows
-        ],
-    )
+    windows = revote_windows(run.windows, config, taxonomy)
     by_file: list[list[dict]] = [[] for _ in run.files]
     for w, g in zip(windows, run.group, strict=True):
         by_file[g].append(w)
