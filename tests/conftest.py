@@ -30,11 +30,12 @@ def demo_manifest(demo, tmp_path_factory):
 @pytest.fixture(scope="session")
 def member_checkpoints(demo_manifest, tmp_path_factory):
     """Tiny checkpoints of the three member modules after a step or two on the demo data:
-    {"whisper_head": random tiny Whisper, "cnn": ..., "anomaly": calibrated}."""
+    {"whisper_head": random tiny Whisper, "cnn": ..., "anomaly": the moment member (random
+    EfficientNet-Lite0, bank filled and threshold set)}."""
     import pytorch_lightning as pl
 
-    from anomaly.model import AnomalyNet, AnomalyNetConfig
-    from anomaly.module import AnomalyModule
+    from anomaly.moment_module import MomentAnomalyModule
+    from anomaly.moments import MomentNet, MomentNetConfig
     from cnn.model import MelCNN, MelCNNConfig
     from cnn.module import CNNModule
     from ensemble.core.data import AudioDataModule
@@ -50,8 +51,8 @@ def member_checkpoints(demo_manifest, tmp_path_factory):
             max_new_tokens=4,
         ),
         "cnn": CNNModule(MelCNN(MelCNNConfig(widths=(4, 8), emb_dim=8, dropout=0.0))),
-        "anomaly": AnomalyModule(
-            AnomalyNet(AnomalyNetConfig(image_size=96, width=8, head_dim=32, embed_dim=16))
+        "anomaly": MomentAnomalyModule(
+            MomentNet(MomentNetConfig(stride=3, stage=2, bank_size=64)), load_weights=False
         ),
     }
     paths = {}
@@ -63,7 +64,7 @@ def member_checkpoints(demo_manifest, tmp_path_factory):
             num_workers=0,
             train_classes="normal" if name == "anomaly" else "all",
         )
-        calibrate = name == "anomaly"  # its validation fits the density and the threshold
+        calibrate = name == "anomaly"  # its validation sets the threshold
         trainer = pl.Trainer(
             accelerator="cpu",
             max_epochs=1,
