@@ -1,19 +1,37 @@
-"""The paper's Tables 1 and 2 on a manifest: multi-scale average vs max pooling vs plain resize.
+"""The paper's comparison on one time scale, with and without pretraining and CutPaste.
 
     python benchmarks/anomaly_comparison.py --manifest runs/demo/manifest.csv \
         --out runs/anomaly_comparison
 
-Every variant trains the same network (same seed, same normal train clips, real Lightning
-training), fits its density on the normal train clips and its threshold on the val clips, and is
-scored on two anomaly sets built from the test split:
-- inserted: every normal test clip once as it is and `--insertions` times with an emergency event
-  (the annotated segment of an emergency test clip, peak-matched to the clip) spliced in at a
-  random place, as the paper built its anomalies;
-- emergency: the emergency test clips against the normal test clips.
-Writes comparison.md, comparison.csv, comparison.json and one ROC plot per anomaly set to --out.
-The defaults fit a shared 2-core CPU (ResNet width 16, 240 steps of 8 clips, one thread: two
-processes with two threads each on two cores run several times slower than with one); on a GPU
-use e.g. --width 64 --steps 2000 --batch-size 64 --threads 0.
+{multi-scale avg, multi-scale max, plain resize} x {pretrained training-free, pretrained + CutPaste,
+from scratch + CutPaste} x {pooled, moments}, on two anomaly sets from the test split, AUC and pAUC
+(FPR <= 0.1) with bootstrap 95 % intervals, and the val AUC every choice is made on.
+
+- Image: every window as the moment member sees it (`fixed_scale_image`: per-image dB, 201 bins by
+  one column per 40 ms, a 30 s window 750 columns), cut to its valid columns and pooled at stride 3
+  (`multiscale_pool`, the paper's operation: 7 / 21 / 63 px averages or maxima, or the image
+  resized, into 3 channels of 67 x 250 px for 30 s).
+- Networks: EfficientNet-Lite0 with the ImageNet weights of the `weights` extra, used as it is
+  ("pretrained, training-free") or fine-tuned with CutPaste ("pretrained + CutPaste"; BatchNorm
+  statistics kept), and the project's ResNet-18 (`--width`, 16 on a CPU) trained with CutPaste from
+  random weights ("scratch + CutPaste"). CutPaste: the paper's patch (2-15 % of the area) on random
+  `--crop`-column crops of the normal train images, a binary normal / pasted classifier on the
+  globally pooled last feature map, real Lightning training.
+- Scores, both fitted on the normal train windows only: "pooled", the Mahalanobis distance of the
+  window's globally pooled last feature map to their Ledoit-Wolf Gaussian (the paper's density);
+  "moments", the stride-16 feature map (EfficientNet stage 4, ResNet layer 3) averaged over
+  frequency into one vector per map column (1.9 s), each column's mean distance to its 3 nearest
+  normal columns (L2-normalised, a coreset of at most `--bank`), the window's score its most
+  unusual column.
+- Sets: "emergency", the emergency test windows against the normal ones; "inserted", every normal
+  test window as it is and `--insertions` times with an emergency event (the annotated segment of
+  an emergency test window, peak-matched) spliced in at a random place, as the paper built its
+  anomalies. Val AUC: emergency vs normal val windows.
+- With `--member` (the default), one more row: the anomaly member's own image (stride 1, the
+  plain image in 3 channels), pretrained, training-free, moments.
+
+Writes comparison.md, .csv, .json and roc_emergency.png / roc_inserted.png to --out, and the
+`anomaly-comparison` section of benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,8 +40,10 @@ import argparse
 import json
 import logging
 import math
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,45 +51,48 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from anomaly.density import GaussianDensity
-from anomaly.features import multiscale_pool, spectrogram_images
-from anomaly.model import AnomalyNet, AnomalyNetConfig
-from anomaly.module import AnomalyModule
-from ensemble.core.audio import samples_to_timesteps
-from ensemble.core.data import AudioDataModule, valid_samples
-from ensemble.core.metrics import binary_metrics, write_json
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from anomaly_densities import gaussian, knn, roc_auc
+from speed import write_section
+
+from anomaly.cutpaste import CutPaste
+from anomaly.efficientnet import EfficientNetLite0, load_pretrained, normalize
+from anomaly.features import POOL_STRIDE, fixed_scale_image
+from anomaly.model import ResNet18
+from anomaly.moments import frequency_moments, pool_image
+from ensemble.core.data import AudioDataModule, WindowDataset
+from ensemble.core.metrics import bootstrap_ci, write_json
 from ensemble.core.plots import plot_roc
 
 log = logging.getLogger("anomaly_comparison")
-VARIANTS = {"avg": "multi-scale average", "max": "multi-scale max", "resize": "plain resize"}
-PAPER_AUC = {"avg": 0.9459, "max": 0.8697, "resize": 0.8571}  # the paper, AI Hub data
-SETS = ("inserted", "emergency")
+POOLINGS = {"avg": "multi-scale avg", "max": "multi-scale max", "resize": "plain resize"}
+TRAININGS = {
+    "free": "pretrained, training-free",
+    "pretrained_cutpaste": "pretrained + CutPaste",
+    "scratch_cutpaste": "scratch + CutPaste",
+}
+SCORINGS = ("pooled", "moments")
+PAPER_AUC = {"avg": 0.9459, "max": 0.8697, "resize": 0.8571}  # pretrained + CutPaste, pooled
+SETS = ("emergency", "inserted")
+GROUPS = ("train", "val", "normal", "emergency", "inserted")  # window groups scored
 
 
-class Throughput(pl.Callback):
-    """Training clips per second: front end, forward and backward of the clips and their CutPaste
-    copies, and the optimiser step (audio loading, which happens before each step, left out)."""
+# --- windows --------------------------------------------------------------------------------
 
-    def __init__(self, every: int = 10):
-        self.every, self.seconds, self.clips, self._t0 = every, 0.0, 0, 0.0
 
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._t0 = time.perf_counter()
+def _n_valid(item: dict) -> int:
+    """Samples of real audio in a dataset item."""
+    n = int(item["mask"].sum()) * (len(item["wave"]) // len(item["mask"]))
+    return min(n, len(item["wave"]))
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._t0
-        self.clips += len(batch["label"])
-        step = trainer.global_step
-        if step % self.every == 0 or step == trainer.max_steps:
-            log.info(
-                "step %d/%d loss %.3f, %.1f clips/s",
-                step,
-                trainer.max_steps,
-                float(outputs["loss"]),
-                self.clips / self.seconds,
-            )
+
+def dataset_windows(ds: WindowDataset, indices: list[int]) -> Iterator[dict]:
+    """Items of a dataset as {"wave" (N,), "n_valid", "label"} windows."""
+    for i in indices:
+        item = ds[i]
+        yield {"wave": item["wave"], "n_valid": _n_valid(item), "label": int(item["label"])}
 
 
 def eval_sets(dm: AudioDataModule, insertions: int, seed: int) -> dict[str, list[dict]]:
@@ -77,8 +100,7 @@ def eval_sets(dm: AudioDataModule, insertions: int, seed: int) -> dict[str, list
     out: dict[str, list[dict]] = {"normal": [], "emergency": [], "inserted": []}
     segments = []
     for item in dm.datasets["test"]:
-        n_valid = int(item["mask"].sum()) * (len(item["wave"]) // len(item["mask"]))
-        window = {"wave": item["wave"], "n_valid": min(n_valid, len(item["wave"]))}
+        window = {"wave": item["wave"], "n_valid": _n_valid(item)}
         if dm.taxonomy.is_emergency(int(item["label"])):
             out["emergency"].append(window)
             segments.append(_event(item, window["n_valid"]))
@@ -113,203 +135,385 @@ def _insert(normal: dict, segment: torch.Tensor, rng: np.random.Generator) -> di
     return {"wave": wave, "n_valid": n}
 
 
-def batches(windows: list[dict], batch_size: int):
-    """Windows as model batches: `wave (B, N)` and the valid-timestep `mask (B, T)`."""
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        wave = torch.stack([w["wave"] for w in chunk])  # (B, N)
-        valid = torch.tensor([samples_to_timesteps(w["n_valid"]) for w in chunk])
-        mask = torch.arange(samples_to_timesteps(wave.shape[1]))[None] < valid[:, None]  # (B, T)
-        yield {"wave": wave, "mask": mask}
-
-
-def evaluate(scorer: Callable[[dict], Tensor], windows: dict, batch_size: int) -> dict:
-    """AUC and pAUC of a scorer (batch -> scores `(B,)`) on both anomaly sets, and its curves."""
-
-    def scores(name: str) -> np.ndarray:
-        return torch.cat([scorer(b).cpu() for b in batches(windows[name], batch_size)]).numpy()
-
-    normal, result = scores("normal"), {"curves": {}}
-    for name in SETS:
-        anomalous = scores(name)
-        y = np.r_[np.zeros(len(normal), bool), np.ones(len(anomalous), bool)]
-        s = np.r_[normal, anomalous].astype(np.float64)
-        result[name] = {
-            **binary_metrics(y, s),
-            "n_normal": len(normal),
-            "n_anomaly": len(anomalous),
-        }
-        result["curves"][name] = (y, s)
-    return result
-
-
-def run_variant(pooling: str, args: argparse.Namespace, windows: dict) -> dict:
-    """Train, calibrate and score one pooling variant."""
-    pl.seed_everything(args.seed, verbose=False)
-    config = AnomalyNetConfig(pooling=pooling, image_size=args.image_size, width=args.width)
-    module = AnomalyModule(AnomalyNet(config), seed=args.seed)
-    speed = Throughput()
-    trainer = pl.Trainer(
-        max_steps=args.steps,
-        max_epochs=-1,
-        accelerator=args.accelerator,
-        devices=1,
-        limit_val_batches=0,  # calibration runs once, at the end of fit
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[speed],
-    )
-    t0 = time.perf_counter()
-    trainer.fit(module, datamodule(args))
-    fit_s = time.perf_counter() - t0
-
-    def scorer(batch: dict) -> Tensor:
-        return module.score({k: v.to(module.device) for k, v in batch.items()})
-
-    result = {
-        "variant": VARIANTS[pooling],
-        "pooling": pooling,
-        "fit_s": fit_s,
-        "train_s": speed.seconds,
-        "train_clips_per_s": speed.clips / speed.seconds,
-        "val_auc": module.calibration.get("auc", math.nan),
-        "threshold": float(module.threshold),
-        **evaluate(scorer, windows, args.batch_size),
+def load_windows(dm: AudioDataModule, args: argparse.Namespace) -> dict[str, list[dict]]:
+    """The window groups: normal train windows (at most `max_train`), val, and the test sets."""
+    train = dm.datasets["train"]
+    idx = list(range(len(train)))
+    if len(idx) > args.max_train:
+        rng = np.random.default_rng(args.seed)
+        idx = sorted(rng.choice(len(idx), args.max_train, replace=False).tolist())
+    val = dm.datasets["val"]
+    out = {
+        "train": list(dataset_windows(train, idx)),
+        "val": list(dataset_windows(val, list(range(len(val))))),
+        **eval_sets(dm, args.insertions, args.seed),
     }
-    log.info("%s: %s", pooling, {k: result[k] for k in ("fit_s", *SETS)})
-    return result
+    emergency = [dm.taxonomy.is_emergency(w["label"]) for w in out["val"]]
+    for w, flag in zip(out["val"], emergency, strict=True):
+        w["emergency"] = flag
+    log.info("windows: %s", {k: len(v) for k, v in out.items()})
+    return out
 
 
-def run_pixel_baseline(args: argparse.Namespace, dm: AudioDataModule, windows: dict) -> dict:
-    """No network: the same density on 8 x 8 averages of the multi-scale image `(B, 3 * 64)`.
+def images(windows: list[dict], pooling: str, stride: int = POOL_STRIDE) -> list[Tensor]:
+    """Each window's 3-channel image `(3, H, w)` in [0, 1], cut to its valid columns (rounded up
+    to the stride) before pooling, as the moment member cuts them."""
+    out = []
+    for w in windows:
+        img, n_cols = fixed_scale_image(
+            w["wave"][None], torch.tensor([w["n_valid"]]), absolute=False
+        )
+        width = min(img.shape[-1], max(math.ceil(int(n_cols[0]) / stride), 1) * stride)
+        out.append(pool_image(img[:, None, :, :width], pooling, stride)[0])
+    return out
 
-    Tells how much the learned embedding adds over the pooled pixels themselves.
+
+# --- networks -------------------------------------------------------------------------------
+
+
+class Backbone(nn.Module):
+    """A network as two feature maps of a `(B, 3, H, W)` image in [0, 1] (ImageNet-normalised
+    inside): `moment_map` at stride 16 and `last`, the last map, globally pooled for "pooled"."""
+
+    def __init__(self, kind: str, width: int = 16, pretrained: bool = False):
+        super().__init__()
+        self.kind = kind
+        if kind == "efficientnet":
+            self.net = load_pretrained() if pretrained else EfficientNetLite0()
+            self.dim = self.net._conv_head.out_channels
+        elif kind == "resnet":
+            self.net = ResNet18(width)
+            self.dim = self.net.out_dim
+        else:
+            raise ValueError(f"kind must be efficientnet or resnet, got {kind!r}")
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Images `(B, 3, H, W)` -> (moment map `(B, C, H / 16, W / 16)`, last map `(B, D, h, w)`)."""
+        x = normalize(x)
+        if self.kind == "efficientnet":
+            outs = self.net.forward_stages(x)
+            head = self.net
+            return outs[4], head.act(head._bn1(head._conv_head(outs[-1])))
+        r = self.net
+        x = r.maxpool(r.relu(r.bn1(r.conv1(x))))
+        moment = r.layer3(r.layer2(r.layer1(x)))
+        return moment, r.layer4(moment)
+
+
+class CutPasteFineTune(pl.LightningModule):
+    """CutPaste training of a backbone: normal crops (label 0) against the same crops with a
+    pasted patch (label 1), a linear classifier on the globally pooled last map.
+
+    `freeze_bn`: BatchNorm layers keep their (pretrained) statistics, as usual when fine-tuning
+    with small batches.
     """
 
-    def pixels(batch: dict) -> Tensor:
-        n_valid = valid_samples(batch["mask"], batch["wave"].shape[1])
-        img = multiscale_pool(spectrogram_images(batch["wave"], n_valid, args.image_size), "avg")
-        return F.adaptive_avg_pool2d(img, 8).flatten(1)  # (B, 192)
+    def __init__(self, backbone: Backbone, lr: float, freeze_bn: bool, seed: int = 0):
+        super().__init__()
+        self.backbone, self.lr, self.freeze_bn = backbone, lr, freeze_bn
+        self.classifier = nn.Linear(backbone.dim, 2)
+        self.cutpaste = CutPaste()
+        self.generator = torch.Generator().manual_seed(seed)
+        self.seconds, self.images = 0.0, 0
 
-    train = torch.cat([pixels(b) for b in dm.train_dataloader()])  # normal clips only
-    density = GaussianDensity(train.shape[1]).fit(train)
-    result = {"variant": "pixels + density (no network)", "pooling": "avg", "val_auc": math.nan}
-    result |= evaluate(lambda b: density.score(pixels(b)), windows, args.batch_size)
-    log.info("pixel baseline: %s", {k: result[k] for k in SETS})
-    return result
+    def train(self, mode: bool = True) -> CutPasteFineTune:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
+        t0 = time.perf_counter()
+        x = torch.cat([batch, self.cutpaste(batch, self.generator)])  # (2B, 3, H, W)
+        y = torch.cat([torch.zeros(len(batch)), torch.ones(len(batch))]).long().to(self.device)
+        logits = self.classifier(self.backbone(x)[1].mean(dim=(2, 3)))
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({"loss": loss, "acc": acc}, prog_bar=True)
+        self.seconds += time.perf_counter() - t0
+        self.images += len(x)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-def datamodule(args: argparse.Namespace) -> AudioDataModule:
-    return AudioDataModule(
-        args.manifest,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        train_classes="normal",
-        seed=args.seed,
+class Crops(torch.utils.data.Dataset):
+    """Random `crop`-column crops of images `(3, H, w)`; narrower ones padded with silence (0)."""
+
+    def __init__(self, imgs: list[Tensor], crop: int, steps: int, batch_size: int, seed: int):
+        self.imgs, self.crop, self.n = imgs, crop, steps * batch_size
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Tensor:
+        img = self.imgs[int(self.rng.integers(len(self.imgs)))]
+        if img.shape[-1] < self.crop:
+            return F.pad(img, (0, self.crop - img.shape[-1]))
+        start = int(self.rng.integers(img.shape[-1] - self.crop + 1))
+        return img[..., start : start + self.crop]
+
+
+def train_cutpaste(backbone: Backbone, imgs: list[Tensor], args, pretrained: bool) -> dict:
+    """CutPaste training in place; returns its time and throughput."""
+    pl.seed_everything(args.seed, verbose=False)
+    module = CutPasteFineTune(
+        backbone, args.lr_pretrained if pretrained else args.lr_scratch, pretrained, args.seed
     )
+    data = torch.utils.data.DataLoader(
+        Crops(imgs, args.crop, args.steps, args.batch_size, args.seed), batch_size=args.batch_size
+    )
+    trainer = pl.Trainer(
+        max_steps=args.steps,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=args.progress,
+    )
+    t0 = time.perf_counter()
+    trainer.fit(module, data)
+    acc = float(trainer.callback_metrics.get("acc", math.nan))
+    log.info(
+        "trained %d steps in %.0f s, last batch acc %.2f", args.steps, time.perf_counter() - t0, acc
+    )
+    backbone.cpu().eval()
+    return {
+        "train_s": time.perf_counter() - t0,
+        "train_images_per_s": module.images / max(module.seconds, 1e-9),
+        "train_acc": acc,
+    }
 
 
-def markdown(results: list[dict], args: argparse.Namespace, wall_s: float) -> str:
-    """One table: AUC and pAUC per variant and anomaly set, val AUC, speed, the paper's AUC."""
+@torch.inference_mode()
+def features(backbone: Backbone, imgs: list[Tensor]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pooled features `(N, D)` and moments `(t_i, C)` per image, one image at a time."""
+    backbone.eval()
+    pooled, moments = [], []
+    for img in imgs:
+        moment_map, last = backbone(img[None])
+        pooled.append(last.mean(dim=(2, 3))[0].numpy())
+        moments.append(frequency_moments(moment_map)[0].numpy())
+    return np.stack(pooled), moments
 
-    def fmt(x: float | None, digits: int = 4) -> str:
-        return "-" if x is None or math.isnan(x) else f"{x:.{digits}f}"
 
-    lines = [
-        "| variant | inserted AUC | inserted pAUC | emergency AUC | emergency pAUC "
-        "| val AUC | train clips/s | paper AUC |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for r in results:
-        i, e, trained = r["inserted"], r["emergency"], "train_clips_per_s" in r
-        lines.append(
-            f"| {r['variant']} | {fmt(i['auc'])} | {fmt(i['pauc'])} | {fmt(e['auc'])} "
-            f"| {fmt(e['pauc'])} | {fmt(r['val_auc'])} "
-            f"| {fmt(r.get('train_clips_per_s'), 1)} "
-            f"| {fmt(PAPER_AUC[r['pooling']] if trained else None)} |"
+# --- scores and figures ---------------------------------------------------------------------
+
+
+def scores(feats: dict[str, tuple], bank: int, seed: int) -> dict[str, dict[str, np.ndarray]]:
+    """Window scores per scoring and group, both densities fitted on the train group only."""
+    pooled = gaussian(feats["train"][0])
+    moments = knn(np.concatenate(feats["train"][1]), bank, seed)
+    out: dict[str, dict[str, np.ndarray]] = {"pooled": {}, "moments": {}}
+    for group, (p, m) in feats.items():
+        out["pooled"][group] = pooled(p)
+        out["moments"][group] = np.array([moments(x).max() for x in m])
+    return out
+
+
+def figures(s: dict[str, np.ndarray], val_y: np.ndarray, n_boot: int, seed: int) -> dict:
+    """Val AUC, and each set's AUC and pAUC with bootstrap intervals, and its ROC curve."""
+    both = 0 < val_y.sum() < len(val_y)  # a val AUC needs both kinds of window
+    out: dict = {"val_auc": roc_auc(val_y, s["val"]) if both else math.nan, "curves": {}}
+    for name in SETS:
+        y = np.r_[np.zeros(len(s["normal"]), bool), np.ones(len(s[name]), bool)]
+        x = np.r_[s["normal"], s[name]]
+        out[f"{name}_auc"] = bootstrap_ci(roc_auc, y, x, n_boot=n_boot, seed=seed)
+        out[f"{name}_pauc"] = bootstrap_ci(
+            lambda a, b: roc_auc(a, b, 0.1), y, x, n_boot=n_boot, seed=seed
         )
-    n = results[0]
-    lines.append(
-        f"\n{n['inserted']['n_normal']} normal test windows, {n['inserted']['n_anomaly']} with an "
-        f"inserted event, {n['emergency']['n_anomaly']} emergency test windows; pAUC: FPR <= 0.1. "
-        f"{args.steps} steps of {args.batch_size} clips, width {args.width}, image "
-        f"{args.image_size} px, seed {args.seed}; {wall_s / 60:.1f} min in all."
+        out["curves"][name] = (y, x)
+    return out
+
+
+@dataclass
+class Arm:
+    """One network of the table: how it is made, and its rows' pooling."""
+
+    training: str
+    pooling: str
+    stride: int = POOL_STRIDE
+
+
+def run_arm(arm: Arm, windows: dict, imgs: dict, val_y: np.ndarray, args) -> list[dict]:
+    """Make one network, embed every group, score both ways: two rows."""
+    t0 = time.perf_counter()
+    pretrained = arm.training != "scratch_cutpaste"
+    kind = "efficientnet" if pretrained else "resnet"
+    torch.manual_seed(args.seed)
+    backbone = Backbone(kind, args.width, pretrained)
+    info: dict = {}
+    if arm.training != "free":
+        info = train_cutpaste(backbone, imgs["train"], args, pretrained)
+    feats = {group: features(backbone, imgs[group]) for group in GROUPS}
+    embed_s = time.perf_counter() - t0 - info.get("train_s", 0.0)
+    rows = []
+    for scoring, s in scores(feats, args.bank, args.seed).items():
+        row = {
+            "pooling": arm.pooling,
+            "stride": arm.stride,
+            "training": arm.training,
+            "scoring": scoring,
+            "network": "EfficientNet-Lite0" if pretrained else f"ResNet-18 w{args.width}",
+            **info,
+            "embed_s": embed_s,
+            **figures(s, val_y, args.n_boot, args.seed),
+        }
+        rows.append(row)
+        log.info(
+            "%s / %s / %s: val %.3f, emergency %.3f, inserted %.3f",
+            POOLINGS[arm.pooling], TRAININGS[arm.training], scoring, row["val_auc"],
+            row["emergency_auc"][0], row["inserted_auc"][0],
+        )  # fmt: skip
+    return rows
+
+
+def _ci(v: tuple[float, float, float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
+
+
+def markdown(rows: list[dict], counts: dict, args, wall_s: float) -> str:
+    """The table (one row per image x training x scoring) and what it rests on."""
+    lines = [
+        "| image | network | scoring | val AUC | emergency AUC | emergency pAUC "
+        "| inserted AUC | inserted pAUC | paper AUC |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    best = max(rows, key=lambda r: -math.inf if math.isnan(r["val_auc"]) else r["val_auc"])
+    for r in rows:
+        image = POOLINGS[r["pooling"]] + ("" if r["stride"] == POOL_STRIDE else ", stride 1")
+        paper = r["training"] == "pretrained_cutpaste" and r["scoring"] == "pooled"
+        mark = " **(best val)**" if r is best else ""
+        lines.append(
+            f"| {image} | {TRAININGS[r['training']]}{mark} | {r['scoring']} | {r['val_auc']:.3f} "
+            f"| {_ci(r['emergency_auc'])} | {_ci(r['emergency_pauc'])} "
+            f"| {_ci(r['inserted_auc'])} | {_ci(r['inserted_pauc'])} "
+            f"| {PAPER_AUC[r['pooling']] if paper and r['stride'] == POOL_STRIDE else '-'} |"
+        )
+    trained = [r for r in rows if "train_s" in r]
+    speed = ", ".join(
+        f"{r['network']} {r['train_images_per_s']:.0f} images/s (last batch acc {r['train_acc']:.2f})"
+        for r in trained[:: len(SCORINGS)][:2]
     )
+    lines += [
+        "",
+        f"Windows: {', '.join(f'{k} {v}' for k, v in counts.items())} (normal train windows at "
+        f"most {args.max_train}; inserted: {args.insertions} per normal test window). pAUC: FPR "
+        f"<= 0.1, McClish-standardised. Intervals: {args.n_boot} bootstrap resamples. CutPaste: "
+        f"{args.steps} steps of {args.batch_size} crops of {args.crop} columns "
+        f"({args.crop * 3 * 0.04:.1f} s) and their pasted copies; Adam, lr {args.lr_pretrained} "
+        f"(pretrained, BatchNorm statistics kept) / {args.lr_scratch} (scratch). Training "
+        f"speed: {speed or '-'}. Seed {args.seed}; {args.threads or 'all'} CPU thread(s); "
+        f"{wall_s / 60:.1f} min in all.",
+    ]
     return "\n".join(lines)
 
 
-def write_outputs(results: list[dict], args: argparse.Namespace, wall_s: float) -> str:
-    """The table as Markdown (returned), CSV and JSON, and one ROC plot per anomaly set."""
+def write_outputs(rows: list[dict], counts: dict, args, wall_s: float) -> str:
+    """The table as Markdown (returned), CSV, JSON, one ROC plot per set, and RESULTS.md."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = [
+    flat = [
         {
-            "variant": r["variant"],
-            "anomaly_set": name,
-            **{k: r[name][k] for k in ("n_normal", "n_anomaly", "auc", "pauc")},
+            **{k: r[k] for k in ("pooling", "stride", "training", "scoring", "val_auc")},
+            **{f"{m}{part}": r[m][i] for m in (f"{s}_{q}" for s in SETS for q in ("auc", "pauc"))
+               for i, part in enumerate(("", "_low", "_high"))},
         }
-        for r in results
-        for name in SETS
-    ]
-    pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)
-    table = markdown(results, args, wall_s)
+        for r in rows
+    ]  # fmt: skip
+    pd.DataFrame(flat).to_csv(out / "comparison.csv", index=False)
+    table = markdown(rows, counts, args, wall_s)
     (out / "comparison.md").write_text(table + "\n", encoding="utf-8")
-    info = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    summary = [{k: v for k, v in r.items() if k != "curves"} for r in results]
-    write_json(
-        {"args": info, "wall_s": wall_s, "rows": rows, "variants": summary}, out / "comparison.json"
-    )
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    summary = [{k: v for k, v in r.items() if k != "curves"} for r in rows]
+    write_json({"args": config, "wall_s": wall_s, "counts": counts, "rows": summary},
+               out / "comparison.json")  # fmt: skip
     for name in SETS:
-        curves = {r["variant"]: r["curves"][name] for r in results}
+        curves = {
+            f"{POOLINGS[r['pooling']]}{'' if r['stride'] == POOL_STRIDE else ' s1'}, "
+            f"{TRAININGS[r['training']]}, {r['scoring']}": r["curves"][name]
+            for r in rows
+            if r["scoring"] == "moments" or r["training"] == "pretrained_cutpaste"
+        }
         plot_roc(curves, out / f"roc_{name}.png", title=f"anomaly set: {name}")
+    if args.results:
+        command = f"python benchmarks/anomaly_comparison.py --manifest {args.manifest}"
+        header = (
+            "## The paper's comparison on one time scale: pooling x pretraining / CutPaste x "
+            f"scoring\n\nWritten by `{command}`.\n\n"
+        )
+        write_section(args.results, "anomaly-comparison", header + table)
     return table
+
+
+# --- main -----------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--manifest", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, default=Path("runs/demo/manifest.csv"))
     p.add_argument("--out", type=Path, default=Path("runs/anomaly_comparison"))
-    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
-    p.add_argument("--steps", type=int, default=240, help="training steps per variant")
-    p.add_argument("--batch-size", type=int, default=8, help="clips per step (plus their copies)")
-    p.add_argument("--width", type=int, default=16, help="ResNet-18 base width (paper: 64)")
-    p.add_argument("--image-size", type=int, default=768, help="spectrogram image side, px")
-    p.add_argument("--insertions", type=int, default=3, help="inserted events per normal clip")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--accelerator", default="auto")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")
+    p.add_argument("--poolings", nargs="+", choices=list(POOLINGS), default=list(POOLINGS))
+    p.add_argument("--trainings", nargs="+", choices=list(TRAININGS), default=list(TRAININGS))
     p.add_argument(
-        "--baseline",
+        "--member",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also score the pooled pixels with the density, without a network",
+        help="also the anomaly member's own image (stride 1, plain), training-free",
     )
+    p.add_argument("--max-train", type=int, default=300, help="normal train windows at most")
+    p.add_argument("--insertions", type=int, default=1, help="inserted events per normal window")
+    p.add_argument("--steps", type=int, default=150, help="CutPaste training steps")
+    p.add_argument("--batch-size", type=int, default=16, help="crops per step (plus their copies)")
+    p.add_argument("--crop", type=int, default=84, help="image columns per crop (84: 10 s)")
+    p.add_argument("--lr-pretrained", type=float, default=1e-4)
+    p.add_argument("--lr-scratch", type=float, default=1e-3)
+    p.add_argument("--width", type=int, default=16, help="ResNet-18 base width (paper: 64)")
+    p.add_argument("--bank", type=int, default=2000, help="kNN memory bank size (coreset)")
+    p.add_argument("--n-boot", type=int, default=1000)
+    p.add_argument("--accelerator", default="auto")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (0: torch's default)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    dm = datamodule(args)
+    dm = AudioDataModule(args.manifest, train_classes="normal", seed=args.seed)
     dm.setup()
-    windows = eval_sets(dm, args.insertions, args.seed)
-    results = [run_variant(v, args, windows) for v in args.variants]
-    if args.baseline:
-        results.append(run_pixel_baseline(args, dm, windows))
-    table = write_outputs(results, args, time.perf_counter() - t0)
+    windows = load_windows(dm, args)
+    val_y = np.array([w["emergency"] for w in windows["val"]])
+    counts = {g: len(windows[g]) for g in GROUPS}
+    arms = [Arm(t, p) for p in args.poolings for t in args.trainings]
+    if args.member:
+        arms.append(Arm("free", "resize", stride=1))
+    rows: list[dict] = []
+    cache: dict[tuple[str, int], dict] = {}
+    for i, arm in enumerate(arms, 1):
+        log.info(
+            "arm %d/%d: %s, %s, stride %d", i, len(arms), arm.pooling, arm.training, arm.stride
+        )
+        key = (arm.pooling, arm.stride)
+        if key not in cache:  # the images of one pooling serve every training
+            cache = {key: {g: images(windows[g], *key) for g in GROUPS}}
+        rows += run_arm(arm, windows, cache[key], val_y, args)
+    table = write_outputs(rows, counts, args, time.perf_counter() - t0)
     print(table)  # the benchmark's result, on stdout
-    print(json.dumps({"out": str(args.out)}))
+    print(json.dumps({"out": str(args.out), "wall_s": round(time.perf_counter() - t0, 1)}))
+    return rows
 
 
 if __name__ == "__main__":

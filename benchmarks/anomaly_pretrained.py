@@ -29,14 +29,13 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anomaly_comparison import eval_sets
+from anomaly_comparison import dataset_windows, eval_sets
 from anomaly_densities import DENSITIES, aggregate, fit_density, roc_auc, threshold_check
 from anomaly_features import IMAGES, STAGE_INFO, STAGES, STRIDES, extract
 from speed import write_section
@@ -44,7 +43,7 @@ from speed import write_section
 from anomaly.efficientnet import load_pretrained
 from anomaly.features import FRAMES_PER_COLUMN
 from ensemble.core.audio import HOP_LENGTH, SAMPLE_RATE
-from ensemble.core.data import AudioDataModule, WindowDataset
+from ensemble.core.data import AudioDataModule
 from ensemble.core.metrics import bootstrap_ci, write_json
 
 log = logging.getLogger("anomaly_pretrained")
@@ -52,18 +51,6 @@ CACHE_VERSION = 1
 SETS = ("train", "val", "test_normal", "test_emergency", "inserted")
 FIELDS = ("pooled", "moments", "offsets", "labels")
 AGGREGATES = ("max", "top3")  # a moments window's score: its highest column, mean of the top 3
-
-
-def _n_valid(item: dict) -> int:
-    """Samples of real audio in a dataset item (as `eval_sets` counts them)."""
-    n = int(item["mask"].sum()) * (len(item["wave"]) // len(item["mask"]))
-    return min(n, len(item["wave"]))
-
-
-def dataset_windows(ds: WindowDataset, indices: list[int]) -> Iterator[dict]:
-    for i in indices:
-        item = ds[i]
-        yield {"wave": item["wave"], "n_valid": _n_valid(item), "label": int(item["label"])}
 
 
 def cache_key(args: argparse.Namespace) -> str:

@@ -67,3 +67,40 @@ def test_moment_scores_aggregate_per_window():
     s, offsets = np.array([1.0, 5.0, 2.0, 3.0, 0.0]), np.array([0, 1, 5])
     assert anomaly_densities.aggregate(s, offsets, "max").tolist() == [1.0, 5.0]
     assert anomaly_densities.aggregate(s, offsets, "top3").tolist() == [1.0, 10 / 3]
+
+
+def test_anomaly_comparison_runs_every_arm_on_the_demo_manifest(demo_manifest, tmp_path):
+    """The paper's table end to end on the tiny demo data: 3 trainings x 2 scorings of one
+    pooling plus the member's row, each with finite test figures inside their intervals."""
+    import anomaly_comparison
+
+    out = tmp_path / "comparison"
+    rows = anomaly_comparison.main(
+        [
+            f"--manifest={demo_manifest}",
+            f"--out={out}",
+            "--poolings=max",
+            "--steps=2",
+            "--batch-size=2",
+            "--n-boot=20",
+            "--threads=1",
+            "--no-progress",
+            f"--results={tmp_path / 'RESULTS.md'}",
+        ]
+    )
+    trainings = [(r["training"], r["scoring"], r["stride"]) for r in rows]
+    assert trainings == [
+        (t, s, 3) for t in anomaly_comparison.TRAININGS for s in anomaly_comparison.SCORINGS
+    ] + [("free", "pooled", 1), ("free", "moments", 1)]
+    for r in rows:
+        for name in ("emergency_auc", "inserted_pauc"):
+            value, low, high = r[name]
+            assert 0.0 <= low <= value <= high <= 1.0
+    trained = [r for r in rows if r["training"] != "free"]
+    assert trained and all(r["train_images_per_s"] > 0 for r in trained)
+    table = (out / "comparison.md").read_text()
+    assert table.count("\n| multi-scale max |") == 6 and "0.8697" in table
+    assert "anomaly-comparison:begin" in (tmp_path / "RESULTS.md").read_text()
+    assert {"comparison.csv", "comparison.json", "roc_emergency.png"} <= {
+        p.name for p in out.iterdir()
+    }
