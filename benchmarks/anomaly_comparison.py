@@ -214,7 +214,7 @@ class CutPasteFineTune(pl.LightningModule):
         self.classifier = nn.Linear(backbone.dim, 2)
         self.cutpaste = CutPaste()
         self.generator = torch.Generator().manual_seed(seed)
-        self.seconds, self.images = 0.0, 0
+        self.seconds, self.images, self._t0 = 0.0, 0, 0.0
 
     def train(self, mode: bool = True) -> CutPasteFineTune:
         super().train(mode)
@@ -224,16 +224,21 @@ class CutPasteFineTune(pl.LightningModule):
                     m.eval()
         return self
 
+    def on_train_batch_start(self, batch: Tensor, batch_idx: int) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_train_batch_end(self, outputs, batch: Tensor, batch_idx: int) -> None:
+        # after backward and the optimiser step: the whole step but the data loading
+        self.seconds += time.perf_counter() - self._t0
+        self.images += 2 * len(batch)
+
     def training_step(self, batch: Tensor, batch_idx: int) -> Tensor:
-        t0 = time.perf_counter()
         x = torch.cat([batch, self.cutpaste(batch, self.generator)])  # (2B, 3, H, W)
         y = torch.cat([torch.zeros(len(batch)), torch.ones(len(batch))]).long().to(self.device)
         logits = self.classifier(self.backbone(x)[1].mean(dim=(2, 3)))
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
         self.log_dict({"loss": loss, "acc": acc}, prog_bar=True)
-        self.seconds += time.perf_counter() - t0
-        self.images += len(x)
         return loss
 
     def configure_optimizers(self):
@@ -470,7 +475,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--max-train", type=int, default=300, help="normal train windows at most")
     p.add_argument("--insertions", type=int, default=1, help="inserted events per normal window")
-    p.add_argument("--steps", type=int, default=150, help="CutPaste training steps")
+    p.add_argument("--steps", type=int, default=300, help="CutPaste training steps")
     p.add_argument("--batch-size", type=int, default=16, help="crops per step (plus their copies)")
     p.add_argument("--crop", type=int, default=84, help="image columns per crop (84: 10 s)")
     p.add_argument("--lr-pretrained", type=float, default=1e-4)
