@@ -44,6 +44,10 @@ class ScoredAnomalyMember(MemberModule):
         self.threshold.fill_(threshold_at_fpr(s, self.hparams.threshold_fpr))
         std = float(np.std(s))
         self.scale.fill_(std if std > 0 else 1.0)
+        log.info(
+            "threshold %.4g: false-positive rate %.2f on %d normal val windows",
+            float(self.threshold), self.hparams.threshold_fpr, len(s),
+        )  # fmt: skip
 
     def _output(self, score: Tensor, embedding: Tensor) -> MemberOutput:
         return MemberOutput(
