@@ -12,29 +12,81 @@ then the lower bar). Writes the table and the choice to benchmarks/RESULTS.md.
 `--config C` first revotes the recorded hops under another ensemble config with the same members
 or fewer (each hop row holds every member's outputs), as `listen --config C` would have voted
 them; `--name` names the section. Runs on the test split give that config's test figures.
+
+`--hop-fpr F [F ...]` also tries member thresholds set on the hops: each member votes where its p
+exceeds the (1 - F) quantile of its p over the normal run's hops (where it has an opinion), so it
+calls about F of the normal 10 s hops emergency (the file-level calibration sets 5 % on files,
+which is not 5 % of hops). The setting (F, --confirm, --min-score) is chosen as above, and
+`--write-config PATH` writes the config with the chosen thresholds for `listen --config PATH`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from listen_latency import SETTINGS, cell, events_stream, normal_stream, replay, score_events
 from speed import write_section
 
 
-def revote_hops(hops: list[dict], config_path: Path) -> list[dict]:
-    """The hop rows as the ensemble of `config_path` votes them (its members' recorded outputs)."""
+def hop_thresholds(hops: list[dict], config_path: Path, fpr: float) -> dict[str, float]:
+    """Each member's threshold at `fpr` of the normal `hops` where it has an opinion: the
+    (1 - fpr) quantile of its p (the config's own threshold where it never has one)."""
+    from ensemble.config import load_config
+
+    out = {}
+    for m in load_config(config_path).members:
+        p = [h[f"p_{m.name}"] for h in hops if h.get(f"opinion_{m.name}", True)]
+        p = np.asarray([x for x in p if x is not None], dtype=float)
+        # a config threshold lies in (0, 1): a member whose p is 1 on more than `fpr` of the
+        # hops (the keyword judge's p is near 0 or 1) cannot be brought down to `fpr` this way
+        q = float(np.clip(np.quantile(p, 1.0 - fpr), 1e-6, 1.0 - 1e-6)) if len(p) else None
+        out[m.name] = m.threshold if q is None else q
+    return out
+
+
+def revote_with(hops: list[dict], config_path: Path, thresholds: dict | None) -> list[dict]:
+    """The hop rows as the ensemble of `config_path` votes them (its members' recorded outputs,
+    the rows' members or fewer), with its members' thresholds replaced by `thresholds`."""
     from ensemble.config import load_config
     from ensemble.core.labels import load_taxonomy
     from ensemble.revote import revote_windows
 
     config = load_config(config_path)
+    if thresholds:
+        members = tuple(
+            dataclasses.replace(m, threshold=thresholds[m.name]) for m in config.members
+        )
+        config = dataclasses.replace(config, members=members)
     return revote_windows(hops, config, load_taxonomy(config.labels))
+
+
+def write_config(base: Path, thresholds: dict[str, float], setting: dict, path: Path) -> None:
+    """`base` with the members' thresholds replaced, written to `path` (the same folder as base,
+    so its relative paths still hold), with the chosen --confirm and --min-score noted."""
+    if path.resolve().parent != base.resolve().parent:
+        raise ValueError(f"{path}: write the listen config beside {base} (relative paths)")
+    raw = yaml.safe_load(base.read_text(encoding="utf-8"))
+    for m in raw["members"]:
+        t = thresholds[m["name"]]
+        m["threshold"] = None if t is None else round(float(t), 6)
+    raw.pop("calibration", None)
+    head = (
+        f"# {base.name} with member thresholds set on val hops (benchmarks/listen_choose.py):\n"
+        f"#   emergency-ensemble listen SOURCE --config {path.name} --confirm {setting['confirm']}"
+        + (f" --min-score {setting['min_score']}" if setting["min_score"] else "")
+        + "\n"
+    )
+    text = yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
+    path.write_text(head + text, encoding="utf-8")
 
 
 def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -63,31 +115,51 @@ def main() -> None:
     parser.add_argument("--cooldown", type=float, default=10.0, help="replayed with every setting")
     parser.add_argument("--config", type=Path, default=None, help="revote the hops under this")
     parser.add_argument("--name", default="val", help="the section: listen-choose-NAME")
+    parser.add_argument(
+        "--hop-fpr",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also try member thresholds at these false-positive rates of the normal hops",
+    )
+    parser.add_argument(
+        "--write-config", type=Path, default=None, help="val: the chosen config, for listen"
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     args = parser.parse_args()
     ev_result, ev_parts, ev_hops = load(args.events_run)
     no_result, _, no_hops = load(args.normal_run)
-    if args.config is not None:
-        ev_hops, no_hops = revote_hops(ev_hops, args.config), revote_hops(no_hops, args.config)
+    config = args.config or Path(ev_result["options"]["config"])
     window = float(ev_result["options"]["window"])
     cooldown = args.cooldown
     normal_h = no_result["summary"]["stream_s"] / 3600
-    rows = []
-    for k, m in SETTINGS:
-        s = score_events(ev_parts, replay(ev_hops, k, cooldown, 0.0, m), window)
-        false = s["false_alerts"] + len(replay(no_hops, k, cooldown, 0.0, m))
-        hours = normal_h + s["normal_s"] / 3600  # all the val normal audio
-        rows.append(
-            {
-                "confirm": k,
-                "min_score": m,
-                "events_alerted": s["alerted"][0],
-                "right_class": s["right_class"][0],
-                "false_alerts": false,
-                "false_per_hour": false / hours,
-                "stream_latency_median_s": s["latency_median_s"],
-            }
-        )
+    rows, chosen_thresholds = [], {}
+    for fpr in (None, *args.hop_fpr):
+        thresholds = None if fpr is None else hop_thresholds(no_hops, config, fpr)
+        chosen_thresholds[fpr] = thresholds
+        if args.config is None and thresholds is None:
+            ev, no = ev_hops, no_hops
+        else:
+            ev, no = (
+                revote_with(ev_hops, config, thresholds),
+                revote_with(no_hops, config, thresholds),
+            )
+        for k, m in SETTINGS:
+            s = score_events(ev_parts, replay(ev, k, cooldown, 0.0, m), window)
+            false = s["false_alerts"] + len(replay(no, k, cooldown, 0.0, m))
+            hours = normal_h + s["normal_s"] / 3600  # all the normal audio
+            rows.append(
+                {
+                    **({"hop_fpr": fpr} if args.hop_fpr else {}),
+                    "confirm": k,
+                    "min_score": m,
+                    "events_alerted": s["alerted"][0],
+                    "right_class": s["right_class"][0],
+                    "false_alerts": false,
+                    "false_per_hour": false / hours,
+                    "stream_latency_median_s": s["latency_median_s"],
+                }
+            )
     clean = [r for r in rows if r["false_alerts"] == 0]
     best = max(
         clean or rows,
@@ -95,21 +167,35 @@ def main() -> None:
     )
     minutes = 60 * hours
     split = ev_result["options"]["split"]
-    config = args.config or ev_result["options"]["config"]
+    hop_col = "hop FPR of each member | " if args.hop_fpr else ""
     text = (
         f"### Listening: --confirm and --min-score on {split} ({ev_result['n_events']} {split} "
         f"events; {minutes:.0f} min of normal audio; `--window {window:g} --cooldown "
         f"{cooldown:g}`; {config})\n\n"
-        "| --confirm | --min-score | events alerted | right class | false alerts | per hour | "
-        "median latency in stream s |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        f"| {hop_col}--confirm | --min-score | events alerted | right class | false alerts | "
+        "per hour | median latency in stream s |\n"
+        f"|{' ---: |' * (7 + bool(args.hop_fpr))}\n"
     )
     for r in rows:
         text += "| " + " | ".join(cell(v) for v in r.values()) + " |\n"
+    if args.hop_fpr:
+        text += "\nHop FPR empty: the config's own thresholds (set on val files).\n"
     rule = "the most events among settings without a false alert" if clean else "none is clean"
     if split == "val":  # never chosen on test
+        fpr = best.get("hop_fpr")
+        hop = f"member thresholds at {fpr} of the normal hops, " if fpr else ""
         text += (
-            f"\nChosen ({rule}): `--confirm {best['confirm']} --min-score {best['min_score']}`\n"
+            f"\nChosen ({rule}): {hop}`--confirm {best['confirm']} --min-score "
+            f"{best['min_score']}`\n"
         )
+        if args.write_config:
+            thresholds = chosen_thresholds[fpr]
+            if thresholds is None:  # the config's own thresholds
+                from ensemble.config import load_config
+
+                thresholds = {m.name: m.threshold for m in load_config(config).members}
+            write_config(Path(config), thresholds, best, args.write_config)
+            text += f"Written: {args.write_config}\n"
     print(text)
     write_section(args.results, f"listen-choose-{args.name}", text)
 

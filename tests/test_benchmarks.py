@@ -104,3 +104,25 @@ def test_anomaly_comparison_runs_every_arm_on_the_demo_manifest(demo_manifest, t
     assert {"comparison.csv", "comparison.json", "roc_emergency.png"} <= {
         p.name for p in out.iterdir()
     }
+
+
+def test_hop_thresholds_set_each_members_false_positive_rate_and_are_written(ensemble_config):
+    import listen_choose
+
+    from ensemble.config import load_config
+
+    names = [m.name for m in load_config(ensemble_config).members]
+    hops = [
+        {f"p_{n}": i / 100 for n in names} | {"p_keyword_judge": float(i < 10)} for i in range(100)
+    ]
+    t = listen_choose.hop_thresholds(hops, ensemble_config, 0.05)
+    assert np.mean([h["p_cnn"] > t["cnn"] for h in hops]) == pytest.approx(0.05)
+    assert t["keyword_judge"] == pytest.approx(1 - 1e-6)  # p of 1 on 10 %: cannot reach 5 %
+    out = ensemble_config.with_name("ensemble.listen.yaml")
+    listen_choose.write_config(ensemble_config, t, {"confirm": 2, "min_score": None}, out)
+    written = load_config(out)
+    assert {m.name: m.threshold for m in written.members} == pytest.approx(t, abs=1e-6)
+    assert "--confirm 2" in out.read_text().splitlines()[1]
+    with pytest.raises(ValueError, match="beside"):
+        listen_choose.write_config(ensemble_config, t, {"confirm": 2, "min_score": None},
+                                   out.parent / "elsewhere" / "x.yaml")  # fmt: skip
