@@ -14,7 +14,7 @@ vectors, bounded by a greedy k-center coreset as in PatchCore). A moments window
 unusual column (or the mean of its 3 most unusual ones).
 
 Scored on the test split: emergency vs normal windows, and inserted events (each normal window as
-it is and with an emergency event spliced in, `anomaly_comparison.eval_sets`); AUC and pAUC (FPR
+it is and with an emergency event spliced in, `anomaly_windows.eval_sets`); AUC and pAUC (FPR
 <= 0.1) with bootstrap 95 % intervals. The variant with the best val AUC (emergency vs normal val
 windows) gets a threshold at 5 % FPR on the normal val windows.
 Features are cached per (image, stride, stage) under `--out`/cache; results go to
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from anomaly_comparison import dataset_windows, eval_sets
 from anomaly_densities import DENSITIES, aggregate, fit_density, roc_auc, threshold_check
 from anomaly_features import IMAGES, STAGE_INFO, STAGES, STRIDES, extract
+from anomaly_windows import dataset_windows, eval_sets
 from speed import write_section
 
 from anomaly.efficientnet import load_pretrained

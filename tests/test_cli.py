@@ -64,7 +64,11 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
             "--model.init_args.max_new_tokens=4",
         ],
         "cnn": [],
-        "anomaly": ["--model.init_args.model.init_args.config.image_size=96"],
+        "anomaly": [  # random EfficientNet-Lite0 moments at stride 3
+            "--model.init_args.load_weights=false",
+            "--model.init_args.model.init_args.config.stride=3",
+            "--model.init_args.model.init_args.config.stage=2",
+        ],
     }
     for name, member in plan["members"].items():
         member["args"] += tiny[name]
