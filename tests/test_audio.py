@@ -334,18 +334,18 @@ def test_frame_windows_no_overlap_by_default():
     assert [(w.start_s, w.n_valid) for w in windows] == [
         (0.0, 30 * SR),
         (30.0, 30 * SR),
-        (60.0, 5 * SR),
+        (35.0, 30 * SR),  # the last window ends at the end: no 5 s tail
     ]
+    np.testing.assert_array_equal(windows[-1].wave, wave[35 * SR :])
 
 
 def test_frame_windows_75s_hop_10():
     n = 75 * SR
     wave = np.arange(n, dtype=np.float32)  # each sample holds its own index
     windows = frame_windows(wave, window_s=30, hop_s=10)
-    assert [w.start_s for w in windows] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
+    assert [w.start_s for w in windows] == [0.0, 10.0, 20.0, 30.0, 40.0, 45.0]
     assert [w.index for w in windows] == list(range(6))
-    assert [w.n_valid for w in windows[:-1]] == [30 * SR] * 5
-    assert windows[-1].n_valid == 25 * SR
+    assert [w.n_valid for w in windows] == [30 * SR] * 6  # the last ends at 75 s
     covered = np.zeros(n, dtype=bool)
     for w in windows:
         start = round(w.start_s * SR)
@@ -405,7 +405,9 @@ def test_stream_windows_match_frame_windows_44k_stereo_24bit(tmp_path, window_s,
     framed = frame_windows(load_audio(path), window_s, hop_s)
     streamed = list(stream_windows(path, window_s, hop_s, block_s=7.0))
     _assert_same_windows(streamed, framed)
-    assert streamed[-1].n_valid < round(window_s * SR)  # the padded tail came through
+    # the last window ends at the end of the audio, full, not a padded tail
+    assert streamed[-1].n_valid == round(window_s * SR)
+    assert streamed[-1].start_s == pytest.approx(70.3 - window_s, abs=1e-3)
 
 
 def test_stream_windows_match_frame_windows_16k(tmp_path):
@@ -424,8 +426,8 @@ def test_stream_windows_match_frame_windows_16k(tmp_path):
         (12.0, None, [0]),
         (30.0, None, [0]),  # exactly one window
         (60.0, None, [0, 30]),  # exactly two, no empty third
-        (75.3, None, [0, 30, 60]),
-        (75.3, 10.0, [0, 10, 20, 30, 40, 50]),  # 60 would lie inside the window at 50
+        (75.3, None, [0, 30, 45.3]),  # the last ends at the end: no 15.3 s tail
+        (75.3, 10.0, [0, 10, 20, 30, 40, 45.3]),  # 60 would lie inside the window at 50
     ],
 )
 def test_window_starts(seconds, hop_s, expected_s):

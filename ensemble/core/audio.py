@@ -213,11 +213,15 @@ class Window:
 def window_starts(
     n_samples: int, window_s: float = CHUNK_LENGTH, hop_s: float | None = None
 ) -> list[int]:
-    """First sample of every window over `n_samples` samples: every `hop_s` until one reaches the end."""
+    """First sample of every window over `n_samples` samples: every `hop_s` until one reaches the
+    end. The last window of audio longer than one window ends at the end (it overlaps the one
+    before it) instead of holding a short tail: every window but that of a short file is full."""
     win, hop = _window_hop(window_s, hop_s)
     starts = [0]
     while n_samples - starts[-1] > win:
         starts.append(starts[-1] + hop)
+    if len(starts) > 1:
+        starts[-1] = n_samples - win  # > starts[-2]: the loop went on past it
     return starts
 
 
@@ -226,8 +230,8 @@ def frame_windows(
 ) -> list[Window]:
     """Cut `(N,)` 16 kHz audio into windows of `window_s` every `hop_s` (default: no overlap).
 
-    Every sample falls in at least one window; the last is padded with zeros. Audio shorter than
-    a window gives one padded window.
+    Every sample falls in at least one window; the last of a longer file ends at its end
+    (`window_starts`). Audio shorter than a window gives one window padded with zeros.
     """
     win = seconds_to_samples(window_s)
     windows = []
@@ -272,6 +276,9 @@ def stream_windows(
         sr = f.samplerate
         resampler = soxr.ResampleStream(sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
         buf = np.zeros(0, dtype=np.float32)
+        recent = np.zeros(
+            0, dtype=np.float32
+        )  # the stream's last `win` samples, for the last window
         offset = index = n_read = 0  # offset: sample index of buf[0] in 16 kHz output
         blocksize = max(int(block_s * sr), 1)
         while True:
@@ -283,8 +290,13 @@ def stream_windows(
             mono = block.mean(axis=1) if len(block) else np.zeros(0, np.float32)
             out = mono if sr == SAMPLE_RATE else resampler.resample_chunk(mono, last=last)
             buf = np.concatenate([buf, out])
+            recent = np.concatenate([recent, out])[-win:]
             while len(buf) >= win or (last and len(buf) > (win - hop if index else 0)):
                 piece = buf[:win]
+                if len(piece) < win and index:  # the last window ends at the end of the audio
+                    end = offset + len(piece)
+                    yield Window(index, (end - win) / SAMPLE_RATE, recent.copy(), win)
+                    break
                 padded = np.zeros(win, dtype=np.float32)
                 padded[: len(piece)] = piece
                 yield Window(index, offset / SAMPLE_RATE, padded, len(piece))
