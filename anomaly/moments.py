@@ -59,12 +59,17 @@ def pool_image(img: Tensor, pooling: str, stride: int) -> Tensor:
     return torch.cat(chans, dim=1)
 
 
-def network_input(img: Tensor, n_cols: int, pooling: str, stride: int) -> Tensor:
-    """One fixed-scale image `(1, H, W)` with `n_cols` valid columns -> the network's input
-    `(1, 3, H', W')`: cut to the valid columns (rounded up to the pooling stride, at least one
-    stride) so padding never reaches the network, pooled and ImageNet-normalised."""
+def valid_image(img: Tensor, n_cols: int, pooling: str, stride: int) -> Tensor:
+    """One fixed-scale image `(1, H, W)` with `n_cols` valid columns -> its 3-channel image
+    `(1, 3, H', W')` in [0, 1]: cut to the valid columns (rounded up to the pooling stride, at
+    least one stride) so padding never reaches the network, then pooled."""
     width = min(img.shape[-1], max(math.ceil(n_cols / stride), 1) * stride)
-    return normalize(pool_image(img[:, None, :, :width], pooling, stride))
+    return pool_image(img[:, None, :, :width], pooling, stride)
+
+
+def network_input(img: Tensor, n_cols: int, pooling: str, stride: int) -> Tensor:
+    """`valid_image`, ImageNet-normalised: the network's input `(1, 3, H', W')`."""
+    return normalize(valid_image(img, n_cols, pooling, stride))
 
 
 def frequency_moments(fmap: Tensor) -> Tensor:

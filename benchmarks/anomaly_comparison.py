@@ -52,6 +52,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly_densities import gaussian, knn, roc_auc
 from anomaly_networks import Backbone, features, train_cutpaste
+from anomaly_pretrained import _ci
 from anomaly_windows import GROUPS, images, load_windows
 from speed import write_section
 
@@ -110,7 +111,7 @@ class Arm:
     stride: int = POOL_STRIDE
 
 
-def run_arm(arm: Arm, windows: dict, imgs: dict, val_y: np.ndarray, args) -> list[dict]:
+def run_arm(arm: Arm, imgs: dict, val_y: np.ndarray, args) -> list[dict]:
     """Make one network, embed every group, score both ways: two rows."""
     t0 = time.perf_counter()
     pretrained = arm.training != "scratch_cutpaste"
@@ -141,10 +142,6 @@ def run_arm(arm: Arm, windows: dict, imgs: dict, val_y: np.ndarray, args) -> lis
             row["emergency_auc"][0], row["inserted_auc"][0],
         )  # fmt: skip
     return rows
-
-
-def _ci(v: tuple[float, float, float]) -> str:
-    return f"{v[0]:.3f} [{v[1]:.2f}, {v[2]:.2f}]"
 
 
 def markdown(rows: list[dict], counts: dict, args, wall_s: float) -> str:
@@ -279,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         key = (arm.pooling, arm.stride)
         if key not in cache:  # the images of one pooling serve every training
             cache = {key: {g: images(windows[g], *key) for g in GROUPS}}
-        rows += run_arm(arm, windows, cache[key], val_y, args)
+        rows += run_arm(arm, cache[key], val_y, args)
     table = write_outputs(rows, counts, args, time.perf_counter() - t0)
     print(table)  # the benchmark's result, on stdout
     print(json.dumps({"out": str(args.out), "wall_s": round(time.perf_counter() - t0, 1)}))

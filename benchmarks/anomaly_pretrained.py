@@ -37,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from anomaly_densities import DENSITIES, aggregate, fit_density, roc_auc, threshold_check
 from anomaly_features import IMAGES, STAGE_INFO, STAGES, STRIDES, extract
-from anomaly_windows import dataset_windows, eval_sets
+from anomaly_windows import dataset_windows, eval_sets, train_indices
 from speed import write_section
 
 from anomaly.efficientnet import load_pretrained
@@ -85,10 +85,7 @@ def load_features(args: argparse.Namespace, dm: AudioDataModule) -> dict:
     log.info("extracting images %s, stages %s", images, stages)
     model = load_pretrained()
     train = dm.datasets["train"]
-    idx = list(range(len(train)))
-    if len(idx) > args.max_train:
-        rng = np.random.default_rng(args.seed)
-        idx = sorted(rng.choice(len(idx), args.max_train, replace=False).tolist())
+    idx = train_indices(len(train), args.max_train, args.seed)
     val = dm.datasets["val"]
     test = eval_sets(dm, args.insertions, args.seed)
     sources = {

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -14,7 +13,7 @@ import torch
 from torch import Tensor
 
 from anomaly.features import POOL_STRIDE, fixed_scale_image
-from anomaly.moments import pool_image
+from anomaly.moments import valid_image
 from ensemble.core.data import AudioDataModule, WindowDataset
 
 log = logging.getLogger("anomaly_comparison")
@@ -74,13 +73,17 @@ def _insert(normal: dict, segment: torch.Tensor, rng: np.random.Generator) -> di
     return {"wave": wave, "n_valid": n}
 
 
+def train_indices(n: int, max_train: int, seed: int) -> list[int]:
+    """Indices of the train windows to use: all of them, or `max_train` drawn without replacement."""
+    if n <= max_train:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, max_train, replace=False).tolist())
+
+
 def load_windows(dm: AudioDataModule, args: argparse.Namespace) -> dict[str, list[dict]]:
     """The window groups: normal train windows (at most `max_train`), val, and the test sets."""
     train = dm.datasets["train"]
-    idx = list(range(len(train)))
-    if len(idx) > args.max_train:
-        rng = np.random.default_rng(args.seed)
-        idx = sorted(rng.choice(len(idx), args.max_train, replace=False).tolist())
+    idx = train_indices(len(train), args.max_train, args.seed)
     val = dm.datasets["val"]
     out = {
         "train": list(dataset_windows(train, idx)),
@@ -95,13 +98,12 @@ def load_windows(dm: AudioDataModule, args: argparse.Namespace) -> dict[str, lis
 
 
 def images(windows: list[dict], pooling: str, stride: int = POOL_STRIDE) -> list[Tensor]:
-    """Each window's 3-channel image `(3, H, w)` in [0, 1], cut to its valid columns (rounded up
-    to the stride) before pooling, as the moment member cuts them."""
+    """Each window's 3-channel image `(3, H, w)` in [0, 1], cut to its valid columns as the
+    moment member cuts them (`moments.valid_image`)."""
     out = []
     for w in windows:
         img, n_cols = fixed_scale_image(
             w["wave"][None], torch.tensor([w["n_valid"]]), absolute=False
         )
-        width = min(img.shape[-1], max(math.ceil(int(n_cols[0]) / stride), 1) * stride)
-        out.append(pool_image(img[:, None, :, :width], pooling, stride)[0])
+        out.append(valid_image(img, int(n_cols[0]), pooling, stride)[0])
     return out
