@@ -24,9 +24,9 @@ import logging
 import torch
 from torch import Tensor
 
-from anomaly.efficientnet import load_pretrained
 from anomaly.moments import MomentNet
 from anomaly.scored import ScoredAnomalyMember
+from ensemble.core.efficientnet import load_pretrained
 from ensemble.core.member import MemberOutput
 from ensemble.core.metrics import binary_metrics
 

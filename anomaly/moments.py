@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly.density import coreset, knn_distance, l2_normalise
-from anomaly.efficientnet import STAGE_CHANNELS, EfficientNetLite0, normalize
 from anomaly.features import (
     FRAMES_PER_COLUMN,
     POOL_KERNELS,
@@ -32,6 +31,7 @@ from anomaly.features import (
     fixed_scale_image,
     multiscale_pool,
 )
+from ensemble.core.efficientnet import STAGE_CHANNELS, EfficientNetLite0, normalize
 
 STRIDES = (POOL_STRIDE, 1)  # px: `multiscale_pool` as it is, or its kernels at full resolution
 

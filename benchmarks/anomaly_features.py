@@ -17,10 +17,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anomaly.efficientnet import N_FEATURES, STAGE_CHANNELS, STAGE_REDUCTIONS, EfficientNetLite0
 from anomaly.features import fixed_scale_image
 from anomaly.moments import STRIDES as STRIDES  # the strides anomaly_pretrained.py offers
 from anomaly.moments import frequency_moments, network_input
+from ensemble.core.efficientnet import (
+    N_FEATURES,
+    STAGE_CHANNELS,
+    STAGE_REDUCTIONS,
+    EfficientNetLite0,
+)
 
 log = logging.getLogger("anomaly_pretrained")
 # image variant: (absolute dB, pooling); "abs" keeps the recording level, "rel" is per image

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from anomaly.cutpaste import CutPaste
-from anomaly.efficientnet import EfficientNetLite0, load_pretrained, normalize
 from anomaly.model import ResNet18
 from anomaly.moments import frequency_moments
+from ensemble.core.efficientnet import EfficientNetLite0, load_pretrained, normalize
 
 log = logging.getLogger("anomaly_comparison")
 

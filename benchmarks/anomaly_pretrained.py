@@ -40,10 +40,10 @@ from anomaly_features import IMAGES, STAGE_INFO, STAGES, STRIDES, extract
 from anomaly_windows import dataset_windows, eval_sets, train_indices
 from speed import write_section
 
-from anomaly.efficientnet import load_pretrained
 from anomaly.features import FRAMES_PER_COLUMN
 from ensemble.core.audio import HOP_LENGTH, SAMPLE_RATE
 from ensemble.core.data import AudioDataModule
+from ensemble.core.efficientnet import load_pretrained
 from ensemble.core.metrics import bootstrap_ci, write_json
 
 log = logging.getLogger("anomaly_pretrained")

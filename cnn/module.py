@@ -20,6 +20,7 @@ from torchmetrics.classification import (
 
 from cnn.augment import mixup, spec_augment
 from cnn.model import MelCNN
+from cnn.pretrained import PretrainedMelCNN
 from ensemble.core.audio import SAMPLES_PER_TIMESTEP, seconds_to_samples
 from ensemble.core.data import valid_samples
 from ensemble.core.labels import Taxonomy, load_taxonomy
@@ -134,10 +135,11 @@ class CNNModule(MemberModule):
     """
 
     model_class = MelCNN
+    model_classes = (MelCNN, PretrainedMelCNN)
 
     def __init__(
         self,
-        model: MelCNN,
+        model: MelCNN | PretrainedMelCNN,
         labels: str | None = None,
         optimizer: OptimizerCallable | None = None,
         spec_augment: bool = True,

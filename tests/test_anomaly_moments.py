@@ -10,11 +10,11 @@ import torch
 from helpers import quiet_trainer
 
 from anomaly.density import coreset, knn_distance, l2_normalise
-from anomaly.efficientnet import load_pretrained
 from anomaly.moment_module import MomentAnomalyModule
 from anomaly.moments import MomentNet, MomentNetConfig, pool_image
 from ensemble.core.audio import SAMPLE_RATE
 from ensemble.core.data import AudioDataModule
+from ensemble.core.efficientnet import load_pretrained
 from ensemble.core.member import MemberOutput, load_member
 
 SECONDS = 8.0  # short windows keep the backbone cheap

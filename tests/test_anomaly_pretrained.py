@@ -8,16 +8,16 @@ import math
 import pytest
 import torch
 
-from anomaly import efficientnet as effnet
-from anomaly.efficientnet import (
+from anomaly.features import ABS_DB_RANGE, fixed_scale_image
+from ensemble.core import efficientnet as effnet
+from ensemble.core.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
+from ensemble.core.efficientnet import (
     PINNED_SHA256,
     EfficientNetLite0,
     load_pretrained,
     normalize,
     weights_path,
 )
-from anomaly.features import ABS_DB_RANGE, fixed_scale_image
-from ensemble.core.audio import HOP_LENGTH, N_SAMPLES, SAMPLE_RATE
 
 MILITARY_UNIFORM = 652  # ImageNet-1k class index
 

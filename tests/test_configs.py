@@ -15,6 +15,7 @@ KNOWN = {
     "labels.yaml",
     "data.yaml",
     "cnn.yaml",
+    "cnn_pretrained.yaml",
     "anomaly.yaml",
     "anomaly_pretrained.yaml",
     "keywords.yaml",
@@ -85,7 +86,9 @@ def lightning_cli(config: str, manifest, tmp_path, *overrides: str, over: str | 
     )
 
 
-@pytest.mark.parametrize("member", ["cnn", "anomaly", "anomaly_pretrained", "whisper_head"])
+@pytest.mark.parametrize(
+    "member", ["cnn", "cnn_pretrained", "anomaly", "anomaly_pretrained", "whisper_head"]
+)
 def test_trainer_yaml_is_shared(member, demo_manifest, tmp_path):
     shared = yaml.safe_load((CONFIGS / "trainer.yaml").read_text())
     raw = yaml.safe_load((CONFIGS / f"{member}.yaml").read_text())
@@ -120,6 +123,39 @@ def test_cnn_yaml_instantiates_and_trains_a_step(demo_manifest, tmp_path):
     assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["lr"] == 0.001
     cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1
+
+
+def test_cnn_pretrained_yaml_fine_tunes_imagenet_weights_a_step(demo_manifest, tmp_path):
+    from cnn.module import CNNModule
+    from cnn.pretrained import PretrainedMelCNN
+    from ensemble.core.efficientnet import load_pretrained
+
+    cli = lightning_cli(
+        "cnn_pretrained.yaml",
+        demo_manifest,
+        tmp_path,
+        "--trainer.logger=false",
+        "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+        "--data.init_args.batch_size=4",
+    )
+    model = cli.model.model
+    assert isinstance(cli.model, CNNModule) and isinstance(model, PretrainedMelCNN)
+    c = model.config
+    assert (c.n_mels, c.time_pool, c.frozen_stages, c.load_weights) == (128, 2, 3, True)
+    assert cli.model.hparams.scoring == "crops" and cli.model.hparams.crop_s == 5.0
+    net, wheel = model.classifier.backbone, load_pretrained()
+    torch.testing.assert_close(
+        net._blocks[0]._depthwise_conv.weight, wheel._blocks[0]._depthwise_conv.weight
+    )
+    last = net._blocks[-1]._project_conv.weight.detach().clone()
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
+    # the frozen first stages keep ImageNet's weights, the last stage has moved
+    torch.testing.assert_close(
+        net._blocks[0]._depthwise_conv.weight, wheel._blocks[0]._depthwise_conv.weight
+    )
+    assert not torch.equal(net._blocks[-1]._project_conv.weight, last)
 
 
 def test_anomaly_yaml_instantiates(demo_manifest, tmp_path):

@@ -142,7 +142,8 @@ class MemberModule(pl.LightningModule):
     """Base of every member: self-rebuilding checkpoints around `self.model`.
 
     Subclasses set `model_class`: an `nn.Module` whose `__init__` takes an instance of its
-    `config_class` (a frozen dataclass) and keeps it as `self.config`. They call
+    `config_class` (a frozen dataclass) and keeps it as `self.config`; `model_classes` lists every
+    class the member accepts (default: `model_class` alone), and the checkpoint names the one used. They call
     `save_hyperparameters(ignore=["model", ...])` with only plain values left, and implement
     `predict_step(batch) -> MemberOutput`.
 
@@ -151,14 +152,15 @@ class MemberModule(pl.LightningModule):
     """
 
     model_class: ClassVar[type[nn.Module]]
+    model_classes: ClassVar[tuple[type[nn.Module], ...]] = ()
     wanted_outputs: frozenset[str] | None = None
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        if not isinstance(model, self.model_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.model_class.__name__}, got {type(model).__name__}"
-            )
+        accepted = self.accepted_models()
+        if not isinstance(model, accepted):
+            names = " or ".join(c.__name__ for c in accepted)
+            raise TypeError(f"{type(self).__name__} needs a {names}, got {type(model).__name__}")
         self.model = model
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -167,6 +169,11 @@ class MemberModule(pl.LightningModule):
             checkpoint[key] = _plain(value)
         checkpoint["member_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["model_config"] = dataclasses.asdict(self.model.config)
+        checkpoint["model_class"] = type(self.model).__qualname__
+
+    @classmethod
+    def accepted_models(cls) -> tuple[type[nn.Module], ...]:
+        return cls.model_classes or (cls.model_class,)
 
     @classmethod
     def from_checkpoint(
@@ -181,7 +188,14 @@ class MemberModule(pl.LightningModule):
             raise ValueError(
                 f"{path}: a checkpoint of {ckpt['member_class']}, not of {cls.__qualname__}"
             )
-        model = cls.model_class(cls.model_class.config_class(**ckpt["model_config"]))
+        by_name = {c.__qualname__: c for c in cls.accepted_models()}
+        name = ckpt.get("model_class", cls.model_class.__qualname__)
+        if name not in by_name:
+            raise ValueError(f"{path}: model class {name!r} is not one of {sorted(by_name)}")
+        config = dict(ckpt["model_config"])
+        if "load_weights" in config:
+            config["load_weights"] = False  # the checkpoint's state dict brings the weights
+        model = by_name[name](by_name[name].config_class(**config))
         hparams = {
             k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")
         }
