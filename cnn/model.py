@@ -61,6 +61,18 @@ class LogMel(nn.Module):
         return torch.log(self.filters @ power + self.floor)  # (B, F, T)
 
 
+def max_plus_mean(x: Tensor, n_steps: Tensor | None = None) -> Tensor:
+    """Features `(B, C, T)` -> `(B, C)`: max + mean over time, over the first `n_steps (B,)` steps
+    of each row (clamped to [1, T]; None: all of them)."""
+    if n_steps is None:
+        return x.amax(dim=2) + x.mean(dim=2)
+    T = x.shape[-1]
+    n = n_steps.long().clamp(1, T)
+    valid = (torch.arange(T, device=x.device) < n[:, None])[:, None, :]  # (B, 1, T)
+    peak = x.masked_fill(~valid, float("-inf")).amax(dim=2)
+    return peak + (x * valid).sum(dim=2) / n[:, None]
+
+
 class ConvBlock(nn.Module):
     """(conv3x3-BN-ReLU) x n, then 2x2 average pooling: `(B, C, F, T)` -> `(B, D, F/2, T/2)`."""
 
@@ -110,30 +122,28 @@ class MelClassifier(nn.Module):
         x = self.blocks(x)  # (B, C, F', T')
         # (B, C, T') or (B, C * F', T')
         x = x.mean(dim=2) if self.config.freq_pool == "mean" else x.flatten(1, 2)
-        if n_frames is None:
-            x = x.amax(dim=2) + x.mean(dim=2)  # over time: (B, C)
-        else:
-            T = x.shape[-1]
-            n = (n_frames // (mel.shape[-1] // T)).clamp(1, T)  # valid pooled steps (B,)
-            valid = (torch.arange(T, device=x.device) < n[:, None])[:, None, :]  # (B, 1, T')
-            peak = x.masked_fill(~valid, float("-inf")).amax(dim=2)
-            x = peak + (x * valid).sum(dim=2) / n[:, None]  # (B, C)
-        return self.fc(x)  # (B, D)
+        n = None if n_frames is None else n_frames // (mel.shape[-1] // x.shape[-1])
+        return self.fc(max_plus_mean(x, n))  # (B, D)
 
     def forward(self, mel: Tensor) -> Tensor:
         return self.head(self.embed(mel))
 
 
 class MelCNN(nn.Module):
-    """Waveform `(B, N)` -> `CNNOutput(logits (B, K), embedding (B, D))`."""
+    """Waveform `(B, N)` -> `CNNOutput(logits (B, K), embedding (B, D))`.
 
-    config_class: ClassVar[type[MelCNNConfig]] = MelCNNConfig
+    The log-mel front end, then `classifier_class` (a module with `embed(mel, n_frames)` and
+    `head`) built from the config; subclasses swap both classes.
+    """
+
+    config_class: ClassVar[type] = MelCNNConfig
+    classifier_class: ClassVar[type[nn.Module]] = MelClassifier
 
     def __init__(self, config: MelCNNConfig | None = None):
         super().__init__()
-        self.config = config or MelCNNConfig()
+        self.config = config or self.config_class()
         self.mel = LogMel(self.config.n_mels, self.config.log_floor)
-        self.classifier = MelClassifier(self.config)
+        self.classifier = self.classifier_class(self.config)
 
     def forward_mel(self, mel: Tensor, n_frames: Tensor | None = None) -> CNNOutput:
         emb = self.classifier.embed(mel, n_frames)

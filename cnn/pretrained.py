@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cnn.model import CNNOutput, LogMel
-from ensemble.core.audio import HOP_LENGTH
+from cnn.model import MelCNN, max_plus_mean
 from ensemble.core.efficientnet import (
     N_FEATURES,
     STAGES,
@@ -126,36 +125,19 @@ class PretrainedMelClassifier(nn.Module):
             mel = mel[..., : max(int(n_frames.max()), 1)]
         x = self.backbone.forward_features(mel_image(mel, c.top_db, n_frames, c.time_pool))
         x = x.mean(dim=2)  # (B, 1280, T')
-        if n_frames is None:
-            pooled = x.amax(dim=2) + x.mean(dim=2)
-        else:
-            T = x.shape[-1]
-            n = torch.ceil(n_frames * T / mel.shape[-1]).long().clamp(1, T)  # valid steps (B,)
-            valid = (torch.arange(T, device=x.device) < n[:, None])[:, None, :]  # (B, 1, T')
-            peak = x.masked_fill(~valid, float("-inf")).amax(dim=2)
-            pooled = peak + (x * valid).sum(dim=2) / n[:, None]
-        return self.fc(pooled)
+        n = None if n_frames is None else torch.ceil(n_frames * x.shape[-1] / mel.shape[-1])
+        return self.fc(max_plus_mean(x, n))
 
     def forward(self, mel: Tensor) -> Tensor:
         return self.head(self.embed(mel))
 
 
-class PretrainedMelCNN(nn.Module):
-    """Waveform `(B, N)` -> `CNNOutput(logits (B, K), embedding (B, D))`, as `MelCNN`."""
+class PretrainedMelCNN(MelCNN):
+    """Waveform `(B, N)` -> `CNNOutput(logits (B, K), embedding (B, D))`: `MelCNN`'s front end and
+    interface on `PretrainedMelClassifier`."""
 
-    config_class: ClassVar[type[PretrainedMelCNNConfig]] = PretrainedMelCNNConfig
+    config_class: ClassVar[type] = PretrainedMelCNNConfig
+    classifier_class: ClassVar[type[nn.Module]] = PretrainedMelClassifier
 
-    def __init__(self, config: PretrainedMelCNNConfig | None = None):
-        super().__init__()
-        self.config = config or PretrainedMelCNNConfig()
-        self.mel = LogMel(self.config.n_mels, self.config.log_floor)
-        self.classifier = PretrainedMelClassifier(self.config)
-
-    def forward_mel(self, mel: Tensor, n_frames: Tensor | None = None) -> CNNOutput:
-        emb = self.classifier.embed(mel, n_frames)
-        return CNNOutput(self.classifier.head(emb), emb)
-
-    def forward(self, wave: Tensor, n_valid: Tensor | None = None) -> CNNOutput:
-        """`wave (B, N)`; `n_valid (B,)` samples of audio per row (the rest padding) or None."""
-        n_frames = None if n_valid is None else n_valid // HOP_LENGTH + 1
-        return self.forward_mel(self.mel(wave), n_frames)
+    def __init__(self, config: PretrainedMelCNNConfig | None = None):  # the type jsonargparse reads
+        super().__init__(config)
