@@ -139,7 +139,7 @@ class CNNModule(MemberModule):
 
     def __init__(
         self,
-        model: MelCNN | PretrainedMelCNN,
+        model: MelCNN,  # or a subclass: PretrainedMelCNN
         labels: str | None = None,
         optimizer: OptimizerCallable | None = None,
         spec_augment: bool = True,

@@ -4,8 +4,8 @@ Trained from scratch, the small `MelCNN` has 80 clips per class to learn what a 
 shouted word looks like. Image networks pretrained on ImageNet transfer to spectrograms (PANNs,
 AST): their early filters find edges, onsets and harmonic stacks wherever they are. This model
 puts the `weights` extra's EfficientNet-Lite0 (`ensemble.core.efficientnet`) behind the same
-front end and the same interface as `MelCNN`, so `CNNModule`, crop scoring and relevance maps
-work unchanged:
+front end and the same interface as `MelCNN`, so `CNNModule` and crop scoring work unchanged, and
+so do integrated-gradient relevance maps (captum's LRP has no rules for EfficientNet's layers):
 
 ```
 wave (B, N) ─ LogMel (128 bins, Whisper large-v3's filters; 10 ms frames) ─ (B, F, T)

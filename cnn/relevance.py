@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from captum.attr import LRP, IntegratedGradients
 
-from cnn.model import MelCNN
+from cnn.model import MelClassifier, MelCNN
 from cnn.module import CNNModule
 from ensemble.core.audio import (
     HOP_LENGTH,
@@ -73,6 +73,11 @@ def relevance_map(
             mel, baseline, target=column, n_steps=steps, internal_batch_size=8
         )
     elif method == "lrp":
+        if not isinstance(model.classifier, MelClassifier):
+            raise ValueError(
+                f"method='lrp' has rules for MelCNN's layers only, not {type(model).__name__}'s "
+                "(EfficientNet's padded and depthwise convolutions): use method='ig'"
+            )
         attr = LRP(model.classifier).attribute(mel.clone().requires_grad_(), target=column)
     else:
         raise ValueError(f"method must be 'ig' or 'lrp', got {method!r}")

@@ -6,6 +6,7 @@ from helpers import quiet_trainer
 
 from cnn.module import CNNModule
 from cnn.pretrained import PretrainedMelCNN, PretrainedMelCNNConfig, mel_image
+from cnn.relevance import relevance_map
 from ensemble.core import efficientnet
 from ensemble.core.audio import N_SAMPLES
 from ensemble.core.data import AudioDataModule
@@ -115,3 +116,13 @@ def test_a_checkpoint_names_its_model_class(tmp_path):
         load_member(path)
     with pytest.raises(TypeError, match="needs a MelCNN or PretrainedMelCNN"):
         CNNModule(torch.nn.Linear(2, 2))
+
+
+def test_relevance_maps_integrated_gradients_and_refuses_lrp():
+    torch.manual_seed(0)
+    model = PretrainedMelCNN(RANDOM)
+    wave = 0.1 * torch.randn(16000 * 3)
+    ig = relevance_map(model, wave, method="ig", steps=4)
+    assert ig.relevance.shape == (128, 301) and torch.isfinite(torch.from_numpy(ig.relevance)).all()
+    with pytest.raises(ValueError, match=r"lrp.*PretrainedMelCNN.*method='ig'"):
+        relevance_map(model, wave, method="lrp")

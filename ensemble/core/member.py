@@ -143,7 +143,9 @@ class MemberModule(pl.LightningModule):
 
     Subclasses set `model_class`: an `nn.Module` whose `__init__` takes an instance of its
     `config_class` (a frozen dataclass) and keeps it as `self.config`; `model_classes` lists every
-    class the member accepts (default: `model_class` alone), and the checkpoint names the one used. They call
+    class the member accepts (default: `model_class` alone), and the checkpoint names the one used.
+    A config field `load_weights` (pretrained weights fetched when the model is built) is turned off
+    when a checkpoint is rebuilt: its state dict brings the weights. Subclasses call
     `save_hyperparameters(ignore=["model", ...])` with only plain values left, and implement
     `predict_step(batch) -> MemberOutput`.
 
