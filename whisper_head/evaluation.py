@@ -11,7 +11,7 @@ from whisper_head.model import IGNORE
 class EvaluationSteps:
     """The validation and test steps of `WhisperHeadModule`, which holds the metrics (`timestep_acc`,
     `event_acc`, `clip_acc`, `binary`), the collected `_texts` and `_test` rows, and `_step`,
-    `_emergency_curve`, `_class_probs` and `_transcribe`."""
+    `_readout` and `_transcribe`."""
 
     def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         _, encoded, frame_probs = self._step(batch, stage)
@@ -20,10 +20,7 @@ class EvaluationSteps:
         self.timestep_acc[stage].update(frame_probs.argmax(-1), targets)
         in_event = self._emergency.to(targets.device)[targets.clamp(min=0)] & (targets != IGNORE)
         self.event_acc[stage].update(frame_probs.argmax(-1), targets.masked_fill(~in_event, IGNORE))
-        curve = self._emergency_curve(frame_probs, mask)
-        p = curve.amax(1)
-        vote = p > self.hparams.threshold
-        class_probs = self._class_probs(encoded, frame_probs, mask, vote, curve)
+        p, vote, class_probs = self._readout(encoded, frame_probs, mask)
         self.clip_acc[stage].update(class_probs.argmax(1), batch["label"] - 1)
         self.binary[stage].update(vote, emergency_targets(batch["label"], self.taxonomy))
         self.log(f"{stage}/timestep_acc", self.timestep_acc[stage], batch_size=B)

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ensemble.core.labels import IGNORE_ID
+from whisper_head.attention import AttentionClipHead
 from whisper_head.tokens import special_token_ids
 from whisper_head.weights import load_whisper
 
@@ -40,6 +41,12 @@ class WhisperHeadConfig:
     layer_norm: bool = False
     # a linear clip classifier on the head's states pooled (mean and max) over the event
     clip_head: bool = False
+    # how the clip head pools: "event", the mean and max over the event the timestep head points
+    # at; "attention", gated attention over the whole window (`whisper_head.attention`)
+    clip_pool: str = "event"
+    clip_hidden: int = 256  # attention pooling: the width of its per-step MLP
+    clip_stride: int = 4  # attention pooling: timesteps averaged into one step (80 ms at 4)
+    clip_dropout: float = 0.3  # attention pooling
     dropout: float = 0.1
 
     def __post_init__(self) -> None:
@@ -47,8 +54,12 @@ class WhisperHeadConfig:
             raise ValueError(f"the only random source is 'random:tiny', got {self.source!r}")
         if self.hidden_dim < 1 or self.n_outputs < 2:
             raise ValueError(f"bad sizes in {self}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not (0.0 <= self.dropout < 1.0 and 0.0 <= self.clip_dropout < 1.0):
+            raise ValueError(
+                f"dropouts must lie in [0, 1), got {self.dropout}, {self.clip_dropout}"
+            )
+        if self.clip_pool not in ("event", "attention"):
+            raise ValueError(f"clip_pool must be 'event' or 'attention', got {self.clip_pool!r}")
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(i) for i in self.layers))
             if not self.layers or min(self.layers) < 0 or len(set(self.layers)) < len(self.layers):
@@ -131,7 +142,16 @@ class WhisperHeadModel(nn.Module):
         self.cached_layers = tuple(sorted({*self.head_layers, last}))
         if c.layer_weights:  # uniform at first
             self.layer_logits = nn.Parameter(torch.zeros(len(self.head_layers)))
-        if c.clip_head:
+        if c.clip_head and c.clip_pool == "attention":
+            self.clip_head = AttentionClipHead(
+                len(self.head_layers) if c.layer_weights else 1,
+                bc.d_model,
+                c.n_outputs,
+                hidden=c.clip_hidden,
+                stride=c.clip_stride,
+                dropout=c.clip_dropout,
+            )
+        elif c.clip_head:
             n_in = 2 * len(self.head_layers) * bc.d_model
             self.clip_head = nn.Sequential(  # the pooled features standardised, as a probe's
                 nn.BatchNorm1d(n_in, affine=False),
@@ -198,12 +218,27 @@ class WhisperHeadModel(nn.Module):
             x = pick(encoded.hidden)
         return self.head(x)
 
+    @property
+    def attention_pool(self) -> bool:
+        """Whether the clip head pools by attention over the whole window."""
+        return self.config.clip_head and self.config.clip_pool == "attention"
+
+    def attention_logits(self, encoded: Encoded, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Clip logits `(B, K + 1)` of the attention clip head over the valid timesteps `mask (B, T)`
+        of whole windows, and its attention's log-probabilities `(B, S)` (`AttentionClipHead`)."""
+        if not self.attention_pool:
+            raise ValueError("this model has no attention clip head (config.clip_pool)")
+        if encoded.index is not None:
+            raise ValueError("the attention clip head reads whole windows, not picked timesteps")
+        states = encoded.states if self.config.layer_weights else (encoded.hidden,)
+        return self.clip_head(states, mask)
+
     def clip_logits(self, encoded: Encoded, pick: Tensor) -> Tensor:
         """Clip logits `(B, K)` of the head's states pooled over the timesteps `pick (B, T)`
         (those of `encoded`: all, or the ones it was read at): each state's mean and maximum
         there, side by side, into a linear layer. A row picking nothing pools every timestep."""
-        if not self.config.clip_head:
-            raise ValueError("this model has no clip head (config.clip_head)")
+        if not self.config.clip_head or self.attention_pool:
+            raise ValueError("this model has no event-pooled clip head (config.clip_head)")
         pick = torch.where(pick.any(1, keepdim=True), pick, torch.ones_like(pick))
         w = pick[..., None].to(self.clip_head[-1].weight.dtype)  # (B, T, 1)
         states = encoded.states if self.config.layer_weights else (encoded.hidden,)

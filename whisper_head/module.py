@@ -7,9 +7,10 @@ class-balanced; the clip term scores the window's class from its pooled timestep
 `<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`. With a frozen encoder, the head and
 the decoder share no parameter, so `lam` only scales two separate gradients (see the README).
 
-Clip class: from the same evidence as the vote (`readout.clip_class_probs`). `p_emergency`: the
-summed emergency probability of each timestep, smoothed by a moving average of `smooth_steps`
-timesteps, maximum over valid timesteps.
+Clip class and `p_emergency`: with the attention clip head (`clip_pool: attention`), its summed
+emergency probability and its class on the vote's side; else the summed emergency probability of
+each timestep, smoothed over `smooth_steps` timesteps, maximum over valid timesteps, and the class
+from the same evidence (`readout.clip_class_probs`, or the event-pooled clip head).
 
 The encoder side (precision, feature cache) is `encoding.EncoderFeatures`; validation and test
 are `evaluation.EvaluationSteps`."""
@@ -30,6 +31,7 @@ from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import MemberModule, MemberOutput, frame_events
 from ensemble.core.text import script_language
+from whisper_head.attention import attention_target_loss
 from whisper_head.cache import FeatureCache
 from whisper_head.ct2 import CT2Generator
 from whisper_head.decode import DecodingOptions, generation_config, transcribe_encoded
@@ -83,7 +85,9 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     (`losses.pooled_class_loss`; with `clip_head`, the clip head's loss over the event); `speech_text`
     and `speechless_text`: the shares of windows with and without speech the text loss keeps in
     training (drawn per window). `pick_share`: the clip head reads an emergency-voted window
-    where its smoothed emergency probability reaches this share of its peak (0: everywhere).
+    where its smoothed emergency probability reaches this share of its peak (0: everywhere);
+    `attention_loss`: weight of the attention clip head's pull towards the labelled event;
+    `text_epochs`: the decoder trains in the first epochs only (None: all).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -121,6 +125,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         speech_text: float = 1.0,
         speechless_text: float = 1.0,
         pick_share: float = 0.5,
+        attention_loss: float = 1.0,
+        text_epochs: int | None = None,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -137,6 +143,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
                 f"bad train_frames {train_frames}, clip_loss {clip_loss}, "
                 f"class_balance {class_balance}"
             )
+        if attention_loss < 0 or (text_epochs is not None and text_epochs < 0):
+            raise ValueError(f"bad attention_loss {attention_loss}, text_epochs {text_epochs}")
         if not 0 <= pick_share <= 1:
             raise ValueError(f"pick_share must lie in [0, 1], got {pick_share}")
         if not (0 <= speech_text <= 1 and 0 <= speechless_text <= 1):
@@ -255,8 +263,11 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
                 targets, batch["mask"], self._emergency, self.hparams.train_frames
             )
             targets = targets.gather(1, index)
-        lam = self.hparams.lam
-        encoded = self._encode(batch, index, hidden=lam < 1)
+        lam, text_epochs = self.hparams.lam, self.hparams.text_epochs
+        text = lam < 1 and (
+            stage != "train" or text_epochs is None or self.current_epoch < text_epochs
+        )
+        encoded = self._encode(batch, index, hidden=text)
         with self._autocast():
             logits = self.model.frame_logits(encoded, index).float()  # (B, T or k, K + 1)
         weight = None if self.frame_weights is None else self.frame_weights.to(self.device)
@@ -265,7 +276,18 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         )
         head_loss = frame_loss
         B = len(targets)
-        if self.hparams.clip_loss > 0 and self.model.config.clip_head:
+        if self.hparams.clip_loss > 0 and self.model.attention_pool:
+            # the whole window's class, and attention pulled towards the labelled event
+            with self._autocast():
+                clip_logits, log_att = self.model.attention_logits(encoded, batch["mask"])
+            clip_loss = F.cross_entropy(clip_logits.float()[:, 1:], batch["label"] - 1)
+            pick = event_pick(all_targets, batch["label"], self._emergency)
+            att_loss = attention_target_loss(log_att, pick, self.model.config.clip_stride)
+            head_loss = frame_loss + self.hparams.clip_loss * clip_loss
+            head_loss = head_loss + self.hparams.attention_loss * att_loss
+            self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
+            self.log(f"{stage}/attention_loss", att_loss, batch_size=B, sync_dist=True)
+        elif self.hparams.clip_loss > 0 and self.model.config.clip_head:
             # over the whole event, at the timesteps `encoded` holds
             pick = event_pick(
                 targets if encoded.index is not None else all_targets,
@@ -281,11 +303,11 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             clip_loss = pooled_class_loss(logits, targets, batch["label"], self._emergency)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
             self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
-        text_loss = self._text_loss(encoded.hidden, batch["transcript"]) if lam < 1 else 0.0
+        text_loss = self._text_loss(encoded.hidden, batch["transcript"]) if text else 0.0
         loss = lam * head_loss + (1 - lam) * text_loss
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=B, sync_dist=True)
         self.log(f"{stage}/frame_loss", frame_loss, batch_size=B, sync_dist=True)
-        if lam < 1:
+        if text:
             self.log(f"{stage}/text_loss", text_loss, batch_size=B, sync_dist=True)
         return loss, encoded, None if index is not None else logits.softmax(-1)
 
@@ -314,6 +336,26 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             logits = self.model.clip_logits(encoded, pick)
         return block_probs(logits, vote, self._emergency)
 
+    def _readout(
+        self, encoded: Encoded, frame_probs: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A window's `p_emergency (B,)`, vote `(B,)` and class probabilities `(B, K)`.
+
+        With the attention clip head: p is its summed emergency probability and the class is read
+        on the vote's side of its logits. Otherwise: p is the peak of the smoothed emergency
+        curve of the timesteps, the class `_class_probs`'s."""
+        if self.model.attention_pool:
+            with self._autocast():
+                logits = self.model.attention_logits(encoded, mask)[0].float()
+            probs = logits[:, 1:].softmax(-1)
+            p = probs[:, self._emergency[1:].to(probs.device)].sum(1)
+            vote = p > self.hparams.threshold
+            return p, vote, block_probs(logits, vote, self._emergency)
+        curve = self._emergency_curve(frame_probs, mask)
+        p = curve.amax(1)
+        vote = p > self.hparams.threshold
+        return p, vote, self._class_probs(encoded, frame_probs, mask, vote, curve)
+
     def _emergency_curve(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
         """Frame probabilities `(B, T, K + 1)` -> the smoothed emergency probability `(B, T)`;
         its maximum is the window's `p_emergency`."""
@@ -326,16 +368,14 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         encoded = self._encode_wave(batch["wave"])
         with self._autocast():
             frame_probs = self.model.frame_logits(encoded).float().softmax(-1)  # (B, T, K + 1)
-        curve = self._emergency_curve(frame_probs, mask)
-        p = curve.amax(1)
-        vote = p > self.hparams.threshold
+        p, vote, class_probs = self._readout(encoded, frame_probs, mask)
         valid = mask[..., None].to(encoded.hidden.dtype)  # (B, T, 1)
         embedding = (encoded.hidden * valid).sum(1) / valid.sum(1).clamp_min(1)  # (B, D)
         min_steps = max(1, seconds_to_timesteps(self.hparams.min_event_s))
         head = MemberOutput(
             p_emergency=p,
             vote=vote,
-            class_probs=self._class_probs(encoded, frame_probs, mask, vote, curve),
+            class_probs=class_probs,
             frame_probs=frame_probs,
             embedding=embedding.float(),
             events=frame_events(

@@ -1,0 +1,99 @@
+"""The Whisper member's attention clip head (`whisper_head.attention`), on a tiny random Whisper."""
+
+import math
+
+import pytest
+import torch
+from helpers import quiet_trainer, tiny_whisper
+
+from ensemble.core.data import AudioDataModule
+from whisper_head.attention import attention_target_loss, strided_mask, strided_mean
+from whisper_head.model import WhisperHeadConfig, WhisperHeadModel
+from whisper_head.module import WhisperHeadModule
+
+ATTENTION = dict(layer_weights=True, layer_norm=True, clip_head=True, clip_pool="attention")
+
+
+def test_strides():
+    mask = torch.tensor([[True] * 5 + [False] * 5])
+    assert strided_mask(mask, 4).tolist() == [[True, True, False]]
+    x = torch.arange(10.0).reshape(1, 10, 1)
+    assert strided_mean(x, 4)[0, :, 0].tolist() == [
+        1.5,
+        5.5,
+        8.75,
+    ]  # the last run [8, 9] padded with 9s
+
+
+def test_padding_and_unread_steps_change_nothing():
+    """Logits read the valid timesteps only: noise in the padding leaves them as they were, noise
+    in the audio moves them; the attention is a distribution over the valid steps."""
+    model = WhisperHeadModel(tiny_whisper(**ATTENTION)).eval()
+    encoded = model.encode(torch.randn(2, 80, 3000))
+    mask = torch.ones(2, 1500, dtype=torch.bool)
+    mask[0, 600:] = False
+    logits, log_att = model.attention_logits(encoded, mask)
+    assert logits.shape == (2, 20) and log_att.shape == (2, 375)
+    att = log_att.exp()
+    torch.testing.assert_close(att.sum(1), torch.ones(2))
+    assert att[0, 150:].sum() < 1e-6 and (att[1] > 0).all()
+    noisy = tuple(t.clone() for t in encoded.states)
+    for t in noisy:
+        t[:, 600:] += 3 * torch.randn_like(t[:, 600:])
+    moved, _ = model.attention_logits(encoded._replace(states=noisy), mask)
+    torch.testing.assert_close(moved[0], logits[0])
+    assert not torch.allclose(moved[1], logits[1])
+    with pytest.raises(ValueError, match="event-pooled"):
+        model.clip_logits(encoded, mask)
+    with pytest.raises(ValueError, match="clip_pool"):
+        WhisperHeadConfig(clip_pool="mean")
+
+
+def test_attention_target_loss():
+    """1 for a uniform attention over a whole-window target, less when it looks at the event,
+    rows without a target left out."""
+    S = 375
+    uniform = torch.full((1, S), -math.log(S))
+    pick = torch.ones(1, 1500, dtype=torch.bool)
+    torch.testing.assert_close(attention_target_loss(uniform, pick, 4), torch.tensor(1.0))
+    event = torch.zeros(1, 1500, dtype=torch.bool)
+    event[0, 400:800] = True
+    focused = torch.full((1, S), -1e4)
+    focused[0, 100:200] = -math.log(100)
+    assert attention_target_loss(focused, event, 4) < attention_target_loss(uniform, event, 4)
+    none = torch.zeros(1, 1500, dtype=torch.bool)
+    both = attention_target_loss(torch.cat([focused, uniform]), torch.cat([event, none]), 4)
+    torch.testing.assert_close(both, attention_target_loss(focused, event, 4))
+
+
+def test_fit_from_the_cache_moves_the_attention_head(demo_manifest, tmp_path):
+    """One fit from cached features trains the attention head (clip and attention losses logged),
+    and prediction reads p_emergency and the class from it on the vote's side."""
+    dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
+    module = WhisperHeadModule(
+        WhisperHeadModel(tiny_whisper(**ATTENTION)),
+        feature_cache=str(tmp_path / "cache"),
+        freeze="all_but_head",
+        lam=1.0,
+        cer_batches=0,
+        clip_loss=1.0,
+        train_frames=64,
+    )
+    before = {n: p.detach().clone() for n, p in module.model.clip_head.named_parameters()}
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
+    trainer.fit(module, dm)
+    assert {"train/clip_loss", "train/attention_loss", "val/acc"} <= set(trainer.logged_metrics)
+    moved = [
+        n for n, p in module.model.clip_head.named_parameters() if not torch.equal(p, before[n])
+    ]
+    assert "out.weight" in moved and "attn_w.weight" in moved
+    module.eval()
+    batch = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        out = module.predict_step(batch)["whisper_head"]
+        logits, _ = module.model.attention_logits(module._encode_wave(batch["wave"]), batch["mask"])
+    probs = logits[:, 1:].softmax(-1)
+    torch.testing.assert_close(out.p_emergency, probs[:, :14].sum(1), rtol=1e-4, atol=1e-4)
+    for p, row in zip(out.p_emergency, out.class_probs, strict=True):
+        side = slice(0, 14) if p > module.hparams.threshold else slice(14, 19)
+        torch.testing.assert_close(row[side].sum(), torch.tensor(1.0))
