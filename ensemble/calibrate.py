@@ -13,6 +13,9 @@
      (balanced accuracy) than the member's own rule alone;
    - each member's threshold, on the windows where it has an opinion: best balanced accuracy, or
      the lowest threshold whose false-positive rate stays at or under `target_fpr` (`criterion`);
+   - the score files are ranked by (ROC AUC) and soft ties settled by: the members' mean
+     probability, or a stack's (fitted on every val window) when the stack, fitted on the other
+     folds' files, ranks val files better (5-fold out-of-fold AUC);
    - every vote rule with its parameter: majority (and its tie rule), at least k, soft tau,
      weighted (weights 2 AUC - 1 of each member on val), and `stack`, a logistic regression over
      the members' probabilities and abstentions (C by 5-fold cross-validation);
@@ -84,6 +87,11 @@ def calibrate(
     )
     thresholds = search.thresholds(config1)
     config2 = with_rule(config1, base.vote, [s.weight for s in base.members], threshold=thresholds)
+    score = search.score_source(config2)
+    if score["score"] == "stack":  # every rule's windows are then scored by one stack
+        stack = search.stack(config2, np.ones(len(run.group), dtype=bool))
+        rule = VoteRule(score="stack", stack=stack)
+        config2 = with_rule(config2, rule, [s.weight for s in base.members])
 
     all_files = np.arange(len(run.files))
     rules, candidates = {}, {}
@@ -108,6 +116,7 @@ def calibrate(
         "criterion": criterion,
         "target_fpr": target_fpr if criterion == "fpr" else None,
         "chosen_rule": chosen,
+        "score": score,
         "members": _member_figures(run, search.table, final),
         "rules": rules,
         "val": val,
@@ -116,13 +125,38 @@ def calibrate(
     return block
 
 
+# what the vote does with the members' outputs: a run made under other values is still reusable
+VOTE_FIELDS = ("vote", "calibration")
+MEMBER_VOTE_FIELDS = ("threshold", "weight", "abstain_no_speech", "class_weight")
+
+
+def _outputs_settings(config: dict) -> dict:
+    """A config (as JSON) without what only the vote reads; paths resolved."""
+
+    def resolved(path):
+        return None if path is None else str(Path(path).resolve())
+
+    out = {k: v for k, v in config.items() if k not in VOTE_FIELDS}
+    out["labels"] = resolved(out.get("labels"))
+    out["members"] = [
+        {k: resolved(v) if k == "checkpoint" else v for k, v in m.items()}
+        for m in config.get("members", [])
+    ]
+    for m in out["members"]:
+        for k in MEMBER_VOTE_FIELDS:
+            m.pop(k, None)
+    return out
+
+
 def _reusable(work: Path, config: EnsembleConfig) -> bool:
-    """A finished run in `work` of the same members, settings and checkpoint files (none newer)."""
+    """A finished run in `work` of the same members, member settings and checkpoint files (none
+    newer); the vote and its per-member settings may differ (they are revoted)."""
     path = work / "run.json"
     if not path.is_file():
         return False
     run = json.loads(path.read_text(encoding="utf-8"))
-    same = json.loads(json.dumps(dataclasses.asdict(config), default=str)) == run.get("config")
+    mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
+    same = _outputs_settings(mine) == _outputs_settings(run.get("config") or {})
     newest = max(Path(m.checkpoint).stat().st_mtime for m in config.members)
     return same and path.stat().st_mtime > newest
 
@@ -204,6 +238,8 @@ def rule_table(block: dict, test: dict[str, dict] | None = None, split: str = "t
             if v.get("stack")
             else "",
         }[name]
+        if v.get("score") == "stack" and name != "stack":
+            params += ", score: stack"
         mark = " (chosen)" if name == block["chosen_rule"] else ""
         cells = [f"{name}{mark}", params, _fmt(r["cv_score"]), _fmt(r["cv_binary_acc"])]
         cells += [_fmt(r["val"][c]) for c in cols]

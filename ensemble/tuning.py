@@ -143,6 +143,7 @@ class Search:
                 if family == "majority"
                 else [VoteRule("at_least", k=k) for k in range(1, M + 1)]
             )
+            options = [_scored(r, config) for r in options]
             scored = [(self.goal.score(y_f, self._decide(c, config, files)), -i, c) for i, c in
                       enumerate(Candidate(family, r, ones) for r in options)]  # fmt: skip
             return max(scored, key=lambda x: x[:2])[2]
@@ -151,7 +152,7 @@ class Search:
         if family == "weighted":
             weights = self._auc_weights(config, keep)
         if family == "stack":
-            stack = self._stack(config, keep)
+            stack = self.stack(config, keep)
             window_score = stack.score(self.table.p, vote(self.table, config).opinion)
         else:
             probe = with_rule(config, VoteRule("soft" if family == "soft" else "weighted"), weights)
@@ -165,10 +166,33 @@ class Search:
         file_score = _file_max(window_score, self.run.group, self.n_files)[files]
         cut = best_cut(file_score, y_f, self.goal, inclusive=family != "weighted")
         if family == "soft":
-            return Candidate(family, VoteRule("soft", tau=cut), weights)
+            return Candidate(family, _scored(VoteRule("soft", tau=cut), config), weights)
         if family == "weighted":
-            return Candidate(family, VoteRule("weighted", threshold=cut), weights)
+            return Candidate(family, _scored(VoteRule("weighted", threshold=cut), config), weights)
         return Candidate(family, VoteRule("stack", tau=cut, stack=stack), weights)
+
+    def score_source(self, config: EnsembleConfig) -> dict:
+        """What ranks files best on val: the members' mean probability (`config`'s weights), or a
+        stack's probability, each file scored by a stack fitted on the other folds' files."""
+        y, group, n = self.run.y_file, self.run.group, self.n_files
+        v = vote(self.table, with_rule(config, VoteRule(), [s.weight for s in config.members]))
+        auc_mean = auc(y, np.maximum(_file_max(v.decision.score, group, n), -1.0))
+        folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
+        if folds < 2:
+            return {"score": "mean", "auc_mean": auc_mean, "auc_stack_cv": math.nan}
+        oof = np.full(len(group), np.nan)
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(y, y):
+            stack = self.stack(config, np.isin(group, train))
+            held = np.isin(group, test)
+            oof[held] = stack.score(self.table.p, v.opinion)[held]
+        auc_mean = round(auc_mean, 6)
+        auc_stack = round(auc(y, np.maximum(_file_max(oof, group, n), -1.0)), 6)
+        better = _finite_auc(auc_stack) > _finite_auc(auc_mean)  # what the block says, exactly
+        return {
+            "score": "stack" if better else "mean",
+            "auc_mean": auc_mean,
+            "auc_stack_cv": auc_stack,
+        }
 
     def _auc_weights(self, config: EnsembleConfig, keep: np.ndarray) -> tuple[float, ...]:
         """2 AUC - 1 of each member on its opinion windows (0 at chance or worse)."""
@@ -180,7 +204,7 @@ class Search:
             w.append(round(max(0.0, 2 * a - 1), 6) if math.isfinite(a) else 0.0)
         return tuple(w) if sum(w) > 0 else (1.0,) * len(w)
 
-    def _stack(self, config: EnsembleConfig, keep: np.ndarray) -> Stack:
+    def stack(self, config: EnsembleConfig, keep: np.ndarray) -> Stack:
         """A logistic regression over [logit p (0 when abstaining), abstained] of every member."""
         opinion = vote(self.table, config).opinion
         inputs = np.where(opinion, logit(self.table.p), 0.0)
@@ -221,6 +245,17 @@ class Search:
             "cv_score": round(self.goal.score(y, e), 6),
             "cv_binary_acc": round(float((e == y).mean()), 6),
         }
+
+
+def _finite_auc(x: float) -> float:
+    return -math.inf if math.isnan(x) else x
+
+
+def _scored(rule: VoteRule, config: EnsembleConfig) -> VoteRule:
+    """`rule` scored as `config`'s vote scores (its stack's probability when `score: stack`)."""
+    if config.vote.score != "stack" or rule.rule == "stack":
+        return rule
+    return dataclasses.replace(rule, score="stack", stack=config.vote.stack)
 
 
 def with_rule(config: EnsembleConfig, rule: VoteRule, weights, **member_fields) -> EnsembleConfig:

@@ -6,6 +6,10 @@ members' probabilities and abstentions (fitted by `emergency-ensemble calibrate`
 numbers). A tie (exactly half under "majority", a weighted fraction equal to the threshold under
 "weighted") is settled by a named tie rule.
 
+Every rule also gives each window a score, what files are ranked by (ROC AUC) and soft ties are
+settled by: the members' weighted mean probability (`score: mean`), or a stack's probability
+(`score: stack`, any rule; `calibrate` chooses it when it ranks the validation files better).
+
 A member may abstain on a window (`opinion` False: the keyword judge when nothing was said). Votes,
 soft scores and ties count only the members with an opinion; a window where every member abstains
 has no decision (`Decision.decided` False, not an emergency, score NaN). A file is an emergency
@@ -22,6 +26,7 @@ import numpy as np
 
 Rule = Literal["majority", "at_least", "soft", "weighted", "stack"]
 TieBreak = Literal["soft", "emergency", "normal"]
+Score = Literal["mean", "stack"]
 RULES: tuple[str, ...] = get_args(Rule)
 LOGIT_EPS = 1e-4  # the stack's inputs are logits of probabilities clipped this far from 0 and 1
 TIE_BREAKS: tuple[str, ...] = get_args(TieBreak)
@@ -186,13 +191,16 @@ class VoteRule:
     tau: float = 0.5  # soft and stack rules, and ties settled by "soft"
     tie_break: TieBreak = "soft"
     threshold: float = 0.5  # weighted only
-    stack: Stack | None = None  # stack only (a dict from YAML becomes a Stack)
+    stack: Stack | None = None  # the stack rule's, or score "stack"'s (a dict becomes a Stack)
+    score: Score = "mean"  # the window score: members' weighted mean, or the stack's probability
 
     def __post_init__(self) -> None:
         if isinstance(self.stack, dict):
             object.__setattr__(self, "stack", Stack(**self.stack))
-        if self.rule == "stack" and self.stack is None:
-            raise ValueError("rule 'stack' needs its coefficients (vote.stack), got none")
+        if (self.rule == "stack" or self.score == "stack") and self.stack is None:
+            raise ValueError("rule or score 'stack' needs its coefficients (vote.stack), got none")
+        if self.score not in ("mean", "stack"):
+            raise ValueError(f"score must be 'mean' or 'stack', got {self.score!r}")
         if self.rule not in RULES:
             raise ValueError(f"rule must be one of {RULES}, got {self.rule!r}")
         if self.tie_break not in TIE_BREAKS:
@@ -213,7 +221,7 @@ class Decision:
 
     emergency: np.ndarray  # bool (False where there is no decision)
     score: np.ndarray  # float: the weighted soft score of the members with an opinion, or the
-    # stack's probability under "stack"; NaN where there is no decision
+    # stack's probability under rule or score "stack"; NaN where there is no decision
     n_votes: np.ndarray  # int: members with an opinion voting True
     tie: np.ndarray  # bool: the tie rule decided this window
     n_opinions: np.ndarray  # int: members that did not abstain
@@ -267,6 +275,9 @@ def decide(
         tie = decided & np.isclose(np.nan_to_num(frac, nan=-1.0), rule.threshold)
         emergency = np.nan_to_num(frac, nan=-1.0) > rule.threshold
 
+    if rule.score == "stack" and rule.rule != "stack":
+        assert rule.stack is not None
+        score = np.where(decided, rule.stack.score(p, o), np.nan)
     if rule.tie_break == "soft":
         settled = np.nan_to_num(score, nan=-1.0) >= rule.tau
     else:

@@ -68,21 +68,30 @@ def test_attention_target_loss():
 
 def test_fit_from_the_cache_moves_the_attention_head(demo_manifest, tmp_path):
     """One fit from cached features trains the attention head (clip and attention losses logged),
-    and prediction reads p_emergency and the class from it on the vote's side."""
+    and prediction reads p_emergency and the class from it on the vote's side. With
+    `text_epochs=0` the decoder does not train, though validation still scores its text loss."""
     dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
     module = WhisperHeadModule(
         WhisperHeadModel(tiny_whisper(**ATTENTION)),
         feature_cache=str(tmp_path / "cache"),
-        freeze="all_but_head",
-        lam=1.0,
+        freeze="encoder",
+        lam=0.5,
+        text_epochs=0,
         cer_batches=0,
         clip_loss=1.0,
         train_frames=64,
     )
     before = {n: p.detach().clone() for n, p in module.model.clip_head.named_parameters()}
+    decoder = {
+        n: p.detach().clone() for n, p in module.model.backbone.model.decoder.named_parameters()
+    }
     trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
     trainer.fit(module, dm)
-    assert {"train/clip_loss", "train/attention_loss", "val/acc"} <= set(trainer.logged_metrics)
+    logged = set(trainer.logged_metrics)
+    assert {"train/clip_loss", "train/attention_loss", "val/acc", "val/text_loss"} <= logged
+    assert "train/text_loss" not in logged
+    for n, p in module.model.backbone.model.decoder.named_parameters():
+        assert torch.equal(p, decoder[n]), n
     moved = [
         n for n, p in module.model.clip_head.named_parameters() if not torch.equal(p, before[n])
     ]

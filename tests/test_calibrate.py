@@ -100,3 +100,65 @@ def test_stack_rule_round_trips_through_yaml(calibrated):
     stack = block["rules"]["stack"]["vote"]
     rule = VoteRule(**stack)
     assert rule.rule == "stack" and len(rule.stack.coef_p) == 4
+
+
+def test_score_source_is_chosen_out_of_fold(calibrated):
+    """The calibration block says which score ranks files and the out-of-fold AUCs that chose it;
+    a `score: stack` config carries the stack, and every rule of the table is scored the same."""
+    out, block = calibrated
+    score = block["score"]
+    assert score["score"] in ("mean", "stack")
+    better = score["auc_stack_cv"] > score["auc_mean"]
+    assert (score["score"] == "stack") == better
+    config = load_config(out / "calibrated.yaml")
+    assert config.vote.score == score["score"]
+    for name, r in block["rules"].items():
+        if name != "stack":
+            assert r["vote"]["score"] == score["score"]
+
+
+def test_score_source_prefers_a_stack_that_ranks_better():
+    """A member whose probability ranks the files but is swamped in the mean by a member that
+    does not: the stack learns to read the first and wins out of fold."""
+    from types import SimpleNamespace
+
+    from ensemble.config import EnsembleConfig, MemberSpec
+    from ensemble.tuning import Search
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = np.arange(n) % 2 == 0
+    good = np.where(y, 0.55, 0.45) + rng.normal(0, 0.02, n)
+    noise = rng.uniform(0, 1, n)
+    search = Search.__new__(Search)
+    search.run = SimpleNamespace(y_file=y, y_window=y, group=np.arange(n), names=["a", "b"])
+    search.n_files = n
+    search.table = SimpleNamespace(
+        p=np.stack([good, noise]),
+        opinion=np.ones((2, n), bool),
+        own_vote=np.stack([good > 0.5, noise > 0.5]),
+        no_speech=np.full(n, np.nan),
+        class_probs=[None, None],
+        names=["a", "b"],
+    )
+    spec = MemberSpec(name="a", class_path="x.Y", checkpoint="a.ckpt")
+    config = EnsembleConfig(
+        members=(spec, MemberSpec(name="b", class_path="x.Y", checkpoint="b.ckpt"))
+    )
+    chosen = search.score_source(config)
+    assert chosen["score"] == "stack" and chosen["auc_stack_cv"] > chosen["auc_mean"]
+
+
+def test_a_run_is_reused_under_another_vote(calibrated, demo_manifest, monkeypatch, tmp_path):
+    """Calibrating the calibrated config again (other thresholds, vote and calibration block)
+    revotes the finished val run: the members are not run again."""
+    import ensemble.calibrate as cal
+
+    out, block = calibrated
+
+    def no_infer(*args, **kwargs):
+        raise AssertionError("the members ran again")
+
+    monkeypatch.setattr(cal, "infer", no_infer)
+    again = cal.calibrate(out / "calibrated.yaml", demo_manifest, out / "val", tmp_path / "c.yaml")
+    assert again["val"] == block["val"]

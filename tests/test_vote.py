@@ -309,3 +309,28 @@ def test_stack_reads_probabilities_and_abstentions():
         VoteRule("stack")
     with pytest.raises(ValueError, match="2 members"):
         stack.score(np.ones((3, 1)))
+
+
+def test_score_stack_ranks_and_settles_ties_but_leaves_the_rule():
+    """`score: stack` replaces the mean probability as the window score (and so the soft tie
+    rule's input) under any rule; the rule's own decision is unchanged."""
+    from ensemble.vote import Stack
+
+    stack = Stack(intercept=0.0, coef_p=(0.0, 1.0), coef_abstain=(0.0, 0.0))  # member 2 alone
+    votes = np.array([[True, True, False], [False, True, False]])
+    probs = np.array([[0.9, 0.9, 0.4], [0.2, 0.8, 0.3]])
+    mean = decide(votes, probs, VoteRule("majority", tie_break="soft"))
+    scored = decide(
+        votes, probs, VoteRule("majority", tie_break="soft", score="stack", stack=stack)
+    )
+    np.testing.assert_allclose(mean.score, probs.mean(0))
+    np.testing.assert_allclose(scored.score, probs[1])
+    # window 0 is a 1-1 tie: the mean (0.55) says emergency, the stack (0.2) says normal
+    assert mean.emergency.tolist() == [True, True, False]
+    assert scored.emergency.tolist() == [False, True, False]
+    soft = VoteRule("soft", tau=0.5, score="stack", stack=stack)
+    assert decide(votes, probs, soft).emergency.tolist() == [True, True, False]  # the mean decides
+    with pytest.raises(ValueError, match="coefficients"):
+        VoteRule("majority", score="stack")
+    with pytest.raises(ValueError, match="score must be"):
+        VoteRule(score="max", stack=stack)
