@@ -25,6 +25,24 @@ def test_strides():
     ]  # the last run [8, 9] padded with 9s
 
 
+def test_pool_on_strided_layers_is_forward():
+    """`pool` on states layer-normalised and strided beforehand (how benchmarks/clip_pool.py
+    trains on features in memory) gives `forward`'s logits and attention."""
+    import torch.nn.functional as F
+
+    from whisper_head.attention import AttentionClipHead, strided_mean_layers
+
+    torch.manual_seed(0)
+    head = AttentionClipHead(3, 16, 20, hidden=8, attention_dim=4).eval()
+    states = tuple(3 * torch.randn(2, 1500, 16) + 1 for _ in range(3))
+    mask = torch.ones(2, 1500, dtype=torch.bool)
+    mask[1, 1000:] = False
+    normed = torch.stack([F.layer_norm(t, (16,)) for t in states], 1)
+    pooled = head.pool(strided_mean_layers(normed, 4), strided_mask(mask, 4))
+    for a, b in zip(head(states, mask), pooled, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_padding_and_unread_steps_change_nothing():
     """Logits read the valid timesteps only: noise in the padding leaves them as they were, noise
     in the audio moves them; the attention is a distribution over the valid steps."""
@@ -85,7 +103,13 @@ def test_fit_from_the_cache_moves_the_attention_head(demo_manifest, tmp_path):
     decoder = {
         n: p.detach().clone() for n, p in module.model.backbone.model.decoder.named_parameters()
     }
-    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
+    trainer = quiet_trainer(
+        max_epochs=1,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(module, dm)
     logged = set(trainer.logged_metrics)
     assert {"train/clip_loss", "train/attention_loss", "val/acc", "val/text_loss"} <= logged

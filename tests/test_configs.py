@@ -241,6 +241,8 @@ def test_whisper_head_gpu_yaml_trains_a_step_on_cpu(demo_manifest, tmp_path):
     assert module.hparams.head_lr == 1e-3  # from the CPU config, not repeated
     assert cli.trainer.max_epochs == 10 and cli.datamodule.hparams.batch_size == 2
     assert module.encoder_trainable and module.hparams.lam == 0.5
+    assert module.hparams.text_epochs is None  # the decoder trains in every epoch
+    assert module.model.attention_pool  # the CPU config's clip head
     before = module.model.encoder.layers[0].fc1.weight.detach().clone()
     cli.trainer.fit(module, datamodule=cli.datamodule)
     assert cli.trainer.global_step == 1

@@ -37,6 +37,12 @@ def strided_mean(x: Tensor, stride: int) -> Tensor:
     return x.reshape(B, -1, stride, D).mean(2)
 
 
+def strided_mean_layers(x: Tensor, stride: int) -> Tensor:
+    """`(B, L, T, D)` -> `(B, L, ceil(T / stride), D)`: `strided_mean` of every layer."""
+    B, L, T, D = x.shape
+    return strided_mean(x.reshape(B * L, T, D), stride).reshape(B, L, -1, D)
+
+
 class AttentionClipHead(nn.Module):
     """Layer states `(B, T, D)` each, valid timesteps `(B, T)` -> clip logits `(B, K + 1)` and the
     attention's log-probabilities over the strided steps `(B, ceil(T / stride))`."""
@@ -70,8 +76,17 @@ class AttentionClipHead(nn.Module):
         x = sum(
             wi * F.layer_norm(t.to(dtype), t.shape[-1:]) for wi, t in zip(w, states, strict=True)
         )
-        x = strided_mean(x, self.stride)  # (B, S, D)
-        m = strided_mask(mask, self.stride)
+        return self._attend(strided_mean(x, self.stride), strided_mask(mask, self.stride))
+
+    def pool(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """What `forward` does to states already layer-normalised and strided, layer by layer:
+        `(B, L, S, D)` and valid steps `(B, S)` -> logits and the attention's log-probabilities
+        (`benchmarks/clip_pool.py` trains the head so, on features held in memory)."""
+        w = self.layer_logits.softmax(0).to(x.dtype)
+        return self._attend(torch.einsum("l,blsd->bsd", w, x), m)
+
+    def _attend(self, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        """Mixed, strided states `(B, S, D)`, valid steps `(B, S)` -> logits, log attention."""
         m = torch.where(m.any(1, keepdim=True), m, torch.ones_like(m))  # all padding: read all
         h = self.frames(x)
         score = self.attn_w(torch.tanh(self.attn_v(h)) * torch.sigmoid(self.attn_u(h)))[..., 0]
