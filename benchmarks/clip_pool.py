@@ -18,6 +18,7 @@ accuracy (summed emergency probability >= 0.5) and AUC of that probability.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def extract(args) -> dict[str, dict[str, np.ndarray]]:
     emergency[list(dm.taxonomy.emergency_ids)] = True
     out = {}
     for split in ("train", "val"):
-        path = Path(args.work) / f"{split}.npz"
+        # named by the manifest's bytes and the cache's weights, layers and precision: a changed
+        # manifest or encoder never reads arrays extracted for another
+        key = hashlib.sha1(Path(args.manifest).read_bytes() + cache.tag.encode()).hexdigest()
+        path = Path(args.work) / f"{split}-{key[:12]}.npz"
         if path.is_file():
             out[split] = dict(np.load(path))
             continue

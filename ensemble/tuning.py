@@ -179,7 +179,7 @@ class Search:
         auc_mean = auc(y, np.maximum(_file_max(v.decision.score, group, n), -1.0))
         folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
         if folds < 2:
-            return {"score": "mean", "auc_mean": auc_mean, "auc_stack_cv": math.nan}
+            return {"score": "mean", "auc_mean": round(auc_mean, 6), "auc_stack_cv": math.nan}
         oof = np.full(len(group), np.nan)
         for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(y, y):
             stack = self.stack(config, np.isin(group, train))
