@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Literal
 
 import torch
@@ -27,6 +26,7 @@ from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.member import (
     MemberModule,
     MemberOutput,
+    cosine_with_warmup,
     emergency_probability,
     emergency_targets,
 )
@@ -100,23 +100,6 @@ def vote_class(class_probs: Tensor, vote: Tensor, taxonomy: Taxonomy) -> Tensor:
     em[[i - 1 for i in taxonomy.emergency_ids]] = True
     side = em[None, :] == vote[:, None]  # (B, K) the columns on the vote's side
     return class_probs.masked_fill(~side, -1.0).argmax(dim=1)
-
-
-def cosine_with_warmup(
-    opt: torch.optim.Optimizer, n_steps: int | float, warmup: float = 0.05
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first `warmup` of the steps, then cosine decay to zero."""
-    n_steps = max(int(n_steps), 1)
-    n_warm = max(int(warmup * n_steps), 1)
-
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        return 0.5 * (
-            1 + math.cos(math.pi * min(step - n_warm, n_steps) / max(n_steps - n_warm, 1))
-        )
-
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 class CNNModule(MemberModule):

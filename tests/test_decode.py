@@ -15,6 +15,7 @@ from ensemble.core.audio import N_TIMESTEPS, SAMPLE_RATE, load_audio
 from whisper_head.decode import (
     DecodingOptions,
     Transcript,
+    collapse_repeats,
     generation_config,
     log_mel,
     transcribe,
@@ -39,6 +40,17 @@ def tiny():
     tokenizer = tokenizer_for(model, "ko")
     generation_config(model, tokenizer, ["ko", "en", "yue"])  # yue: not in 51865, skipped
     return model, tokenizer
+
+
+def test_collapse_repeats_keeps_a_loop_once():
+    assert collapse_repeats([1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]) == [1, 2, 3]  # cut at the limit
+    assert collapse_repeats([9, 5, 5, 5, 5, 7]) == [9, 5, 7]
+    assert collapse_repeats([9, 1, 2, 1, 2, 1, 2, 7]) == [9, 1, 2, 7]
+    # fewer than three in a row, or spans longer than max_span, stay as they are
+    assert collapse_repeats([1, 2, 1, 2, 3]) == [1, 2, 1, 2, 3]
+    assert collapse_repeats([4, 4, 5]) == [4, 4, 5]
+    assert collapse_repeats(list(range(3)) * 3, max_span=2) == list(range(3)) * 3
+    assert collapse_repeats([]) == []
 
 
 def count_encoder_calls(model) -> list[int]:

@@ -14,9 +14,11 @@ from whisper_head.model import (
     WhisperHeadConfig,
     WhisperHeadModel,
     text_targets,
+    transcript_targets,
 )
-from whisper_head.module import WhisperHeadModule, text_language
+from whisper_head.module import WhisperHeadModule
 from whisper_head.readout import clip_class_probs, smoothed_max
+from whisper_head.tokens import text_language
 
 TINY = tiny_whisper()
 
@@ -111,6 +113,38 @@ def test_fast_dev_run_trains_head_not_frozen_encoder(demo_manifest, tmp_path):
         "train/loss",
     ):
         assert name in logged, name
+
+
+def test_text_targets_score_the_language_or_no_speech_when_asked():
+    module = _module()
+    tok = module.tokenizer
+    ids, labels = transcript_targets(tok, ["불이야!", "", "Help!"], ("ko", "en"), True, lead=False)
+    assert (labels[:, 0] == IGNORE).all()
+    assert ids[0, 1] == tok.to_language_token("ko") and ids[2, 1] == tok.to_language_token("en")
+    _, led = transcript_targets(tok, ["불이야!", "", "Help!"], ("ko", "en"), True, lead=True)
+    assert led[:, 0].tolist() == [ids[0, 1], tok.no_speech, ids[2, 1]]
+    assert (led[:, 1:] == labels[:, 1:]).all()  # the text's labels are unchanged
+    # an English-only model has no language token to learn
+    _, en = transcript_targets(tok, ["Help!"], ("en",), False, lead=True)
+    assert en[0, 0] == IGNORE
+
+
+def test_head_schedule_warms_up_and_anneals_the_head_only():
+    module = _module(head_lr=1e-3, head_schedule="cosine")
+    module.trainer = type("T", (), {"estimated_stepping_batches": 100})()
+    config = module.configure_optimizers()
+    opt, sched = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    head, decoder = opt.param_groups[0], opt.param_groups[1]
+    start = (head["lr"], decoder["lr"])
+    for _ in range(30):
+        opt.step(), sched.step()
+    assert start[0] < head["lr"] == pytest.approx(1e-3)  # warmed up over 30 % of the steps
+    for _ in range(70):
+        opt.step(), sched.step()
+    assert head["lr"] == pytest.approx(1e-6, rel=0.05)  # annealed to 1/1000
+    assert decoder["lr"] == start[1]
+    with pytest.raises(ValueError, match="head_schedule"):
+        _module(head_schedule="onecycle")
 
 
 def test_freeze_options():

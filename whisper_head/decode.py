@@ -250,6 +250,44 @@ def _generate_transformers(
     return list(zip(texts, logprobs, strict=True))
 
 
+def collapse_repeats(tokens: list[int], min_repeats: int = 3, max_span: int = 16) -> list[int]:
+    """`tokens` with every span (1 to `max_span` tokens) repeated `min_repeats` or more times in a
+    row kept once, and a loop's unfinished last repetition dropped.
+
+    A decoder that cannot read the audio often loops ("이 형과는 이 형과는 …" up to the token
+    limit); the loop carries no more evidence than its first pass, and its length alone would
+    make the error rate of a 10-character phrase 10 or more.
+    """
+    out: list[int] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        loop = _loop_at(tokens, i, min_repeats, max_span)
+        if loop is None:
+            out.append(tokens[i])
+            i += 1
+            continue
+        k, reps = loop
+        span = tokens[i : i + k]
+        out += span
+        i += reps * k
+        rest = tokens[i:]
+        if len(rest) < k and rest == span[: len(rest)]:
+            break  # the loop ran into the token limit mid-span
+    return out
+
+
+def _loop_at(tokens: list[int], i: int, min_repeats: int, max_span: int) -> tuple[int, int] | None:
+    """(span length, repetitions) of the shortest span repeated `min_repeats`+ times from `i`."""
+    for k in range(1, min(max_span, (len(tokens) - i) // min_repeats) + 1):
+        span = tokens[i : i + k]
+        reps = 1
+        while tokens[i + reps * k : i + (reps + 1) * k] == span:
+            reps += 1
+        if reps >= min_repeats:
+            return k, reps
+    return None
+
+
 @torch.no_grad()
 def transcribe_encoded(
     model: WhisperForConditionalGeneration,
@@ -290,6 +328,7 @@ def transcribe_encoded(
     transcripts = []
     for i, (ns, lang) in enumerate(zip(no_speech, langs, strict=True)):
         tokens, logprob = decoded.get(i, ([], math.nan))
+        tokens = collapse_repeats(tokens)
         transcripts.append(Transcript(tokenizer.decode(tokens).strip(), tokens, logprob, ns, lang))
     return transcripts
 

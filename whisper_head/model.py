@@ -7,6 +7,7 @@ The backbone is transformers' `WhisperForConditionalGeneration`. The encoder run
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -18,7 +19,7 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 
 from ensemble.core.labels import IGNORE_ID
 from whisper_head.attention import AttentionClipHead
-from whisper_head.tokens import special_token_ids
+from whisper_head.tokens import language_ids, prompt_tokens, special_token_ids, text_language
 from whisper_head.weights import load_whisper
 
 RANDOM_PREFIX = "random:"
@@ -270,11 +271,14 @@ def text_targets(
     texts: Sequence[Sequence[int]],
     eot: int,
     max_len: int = 448,
+    lead: Sequence[int | None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Decoder inputs and labels `(B, L)` for `prompt + text + [eot]` per row, cut to `max_len`.
 
     Labels are the inputs shifted by one, -100 at prompt positions and padding; inputs are padded
-    with `eot`. Only the text tokens and the end token are scored.
+    with `eot`. The text tokens and the end token are scored, and `lead[i]` (when given and not
+    None) at the first position: the token after the start token, the language or
+    `<|nospeech|>`, as Whisper itself was trained.
     """
     if len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
@@ -288,4 +292,35 @@ def text_targets(
     for i, (p, s) in enumerate(zip(prompts, seqs, strict=True)):
         input_ids[i, : len(s) - 1] = torch.tensor(s[:-1])
         labels[i, len(p) - 1 : len(s) - 1] = torch.tensor(s[len(p) :])
+        if lead is not None and lead[i] is not None:
+            labels[i, 0] = lead[i]
     return input_ids, labels
+
+
+def transcript_targets(
+    tokenizer,
+    transcripts: Sequence[str],
+    languages: Sequence[str],
+    multilingual: bool,
+    lead: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """`text_targets` for reference transcripts ("" for a window without speech).
+
+    Each row's prompt takes its reference's language (`text_language`). `lead`: a multilingual
+    decoder also learns the token after the start token: the language where something is said,
+    `<|nospeech|>` where nothing is (language detection and the no-speech probability then learn
+    the data's voices and sounds).
+    """
+    texts = [
+        tokenizer.encode(" " + unicodedata.normalize("NFC", t).strip()) if t.strip() else []
+        for t in transcripts
+    ]
+    langs = [text_language(t, tuple(languages)) for t in transcripts]
+    prompts = [prompt_tokens(tokenizer, lang, multilingual) for lang in langs]
+    firsts = None
+    if lead and multilingual:
+        firsts = [
+            language_ids(tokenizer, [lang])[0] if t.strip() else tokenizer.no_speech
+            for t, lang in zip(transcripts, langs, strict=True)
+        ]
+    return text_targets(prompts, texts, tokenizer.eot, lead=firsts)

@@ -18,7 +18,6 @@ are `evaluation.EvaluationSteps`."""
 from __future__ import annotations
 
 import logging
-import unicodedata
 from typing import Literal
 
 import torch
@@ -29,8 +28,7 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, frame_events
-from ensemble.core.text import script_language
+from ensemble.core.member import MemberModule, MemberOutput, cosine_with_warmup, frame_events
 from whisper_head.attention import attention_target_loss
 from whisper_head.cache import FeatureCache
 from whisper_head.ct2 import CT2Generator
@@ -45,20 +43,13 @@ from whisper_head.losses import (
     pooled_class_loss,
     sample_frames,
 )
-from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, text_targets
+from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, transcript_targets
 from whisper_head.readout import block_probs, clip_class_probs, peak_pick, smoothed
-from whisper_head.tokens import MULTILINGUAL_VOCAB, prompt_tokens, tokenizer_for
+from whisper_head.tokens import MULTILINGUAL_VOCAB, tokenizer_for
 
 log = logging.getLogger(__name__)
 
 Freeze = Literal["encoder", "none", "all_but_head"]
-
-
-def text_language(text: str, languages: tuple[str, ...]) -> str:
-    """The language of a reference transcript among `languages`: Korean if it has Hangul, English
-    if it has Latin letters, else the first candidate."""
-    language = script_language(text)
-    return language if language in languages else languages[0]
 
 
 class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
@@ -87,7 +78,10 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     training (drawn per window). `pick_share`: the clip head reads an emergency-voted window
     where its smoothed emergency probability reaches this share of its peak (0: everywhere);
     `attention_loss`: weight of the attention clip head's pull towards the labelled event;
-    `text_epochs`: the decoder trains in the first epochs only (None: all).
+    `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: the text
+    loss also scores the token after the start token, the language or `<|nospeech|>`
+    (`model.transcript_targets`); `head_schedule`: "cosine" warms the head's rate up over the
+    first 30 % of the steps and anneals it (cosine) to 1/1000 of it; the decoder's stays constant.
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -127,6 +121,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         pick_share: float = 0.5,
         attention_loss: float = 1.0,
         text_epochs: int | None = None,
+        lead_token: bool = False,
+        head_schedule: Literal["constant", "cosine"] = "constant",
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -151,6 +147,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             raise ValueError(f"bad speech_text {speech_text}, speechless_text {speechless_text}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
+        if head_schedule not in ("constant", "cosine"):
+            raise ValueError(f"head_schedule must be constant or cosine, got {head_schedule!r}")
         if freeze not in ("encoder", "none", "all_but_head"):
             raise ValueError(f"freeze must be encoder, none or all_but_head, got {freeze!r}")
         self.optimizer = optimizer
@@ -205,8 +203,17 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         if rest:
             groups.append({"params": rest})
         if self.optimizer is not None:
-            return self.optimizer(groups)
-        return torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
+            optimizer = self.optimizer(groups)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
+        if self.hparams.head_schedule == "constant":
+            return optimizer
+        steps = self.trainer.estimated_stepping_batches
+        scheduler = cosine_with_warmup(optimizer, steps, warmup=0.3, groups=[0], floor=1e-3)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
     def _ct2(self) -> CT2Generator | None:
         """The CTranslate2 decoder (exported on first use) when asked for and on CPU."""
@@ -239,15 +246,9 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
                 return hidden.sum() * 0.0
             hidden = hidden[torch.tensor(keep, device=hidden.device)]
             transcripts = [t for t, k in zip(transcripts, keep, strict=True) if k]
-        tok = self.tokenizer
-        texts = [tok.encode(" " + unicodedata.normalize("NFC", t).strip()) for t in transcripts]
-        texts = [t if s.strip() else [] for t, s in zip(texts, transcripts, strict=True)]
-        # the forced language, or each reference's from its script
-        prompts = [
-            prompt_tokens(tok, text_language(t, self.languages), self.multilingual)
-            for t in transcripts
-        ]
-        input_ids, labels = text_targets(prompts, texts, tok.eot)
+        input_ids, labels = transcript_targets(
+            self.tokenizer, transcripts, self.languages, self.multilingual, self.hparams.lead_token
+        )
         with self._autocast():
             return self.model.text_loss(
                 hidden.float(), input_ids.to(self.device), labels.to(self.device)

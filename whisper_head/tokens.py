@@ -10,6 +10,8 @@ from functools import cache
 import whisper.tokenizer
 from transformers import WhisperConfig
 
+from ensemble.core.text import script_language
+
 MULTILINGUAL_VOCAB = 51865  # openai-whisper: a vocabulary this large or larger is multilingual
 ENGLISH_ONLY_LANGUAGES = 51765  # vocab - this - int(multilingual) = number of language tokens
 
@@ -56,6 +58,13 @@ def default_suppress_ids(tokenizer: whisper.tokenizer.Tokenizer) -> list[int]:
     """Tokens never generated: openai-whisper's non-speech symbols and the task/start tokens
     (the `suppress_ids` of CTranslate2's Whisper configs)."""
     return sorted(set(tokenizer.non_speech_tokens) | task_tokens(tokenizer))
+
+
+def text_language(text: str, languages: tuple[str, ...]) -> str:
+    """The language of a reference transcript among `languages`: Korean if it has Hangul, English
+    if it has Latin letters, else the first candidate."""
+    language = script_language(text)
+    return language if language in languages else languages[0]
 
 
 def prompt_tokens(tokenizer, language: str, multilingual: bool) -> list[int]:

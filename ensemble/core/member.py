@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, ClassVar
@@ -258,3 +260,27 @@ def load_member(
     module_name, _, name = ckpt["member_class"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), name)
     return cls._from_dict(ckpt, path, overrides)
+
+
+def cosine_with_warmup(
+    opt: torch.optim.Optimizer,
+    n_steps: int | float,
+    warmup: float = 0.05,
+    groups: Sequence[int] | None = None,
+    floor: float = 0.0,
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first `warmup` of the steps, then cosine decay to `floor` (a share
+    of the rate). `groups`: the indices of the parameter groups it schedules (default all); the
+    others keep their rate."""
+    n_steps = max(int(n_steps), 1)
+    n_warm = max(int(warmup * n_steps), 1)
+
+    def factor(step: int) -> float:
+        if step < n_warm:
+            return (step + 1) / n_warm
+        done = min(step - n_warm, n_steps) / max(n_steps - n_warm, 1)
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * done))
+
+    chosen = range(len(opt.param_groups)) if groups is None else set(groups)
+    factors = [factor if i in chosen else (lambda _: 1.0) for i in range(len(opt.param_groups))]
+    return torch.optim.lr_scheduler.LambdaLR(opt, factors)
