@@ -126,3 +126,22 @@ def test_hop_thresholds_set_each_members_false_positive_rate_and_are_written(ens
     with pytest.raises(ValueError, match="beside"):
         listen_choose.write_config(ensemble_config, t, {"confirm": 2, "min_score": None},
                                    out.parent / "elsewhere" / "x.yaml")  # fmt: skip
+
+
+def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest, tmp_path):
+    import pandas as pd
+
+    from benchmarks import transcripts
+
+    cache, out = tmp_path / "features", tmp_path / "rows.csv"
+    argv = ["--ckpt", str(member_checkpoints["whisper_head"]), "--manifest", str(demo_manifest)]
+    result = transcripts.main([*argv, "--cache", str(cache), "--out", str(out)])
+    rows = pd.read_csv(out, keep_default_na=False)
+    manifest = pd.read_csv(demo_manifest, keep_default_na=False)
+    val = manifest[manifest["split"] == "val"]
+    assert len(rows) == result["windows"] >= val["path"].nunique()
+    assert result["with_speech"] == (rows["reference"].str.strip() != "").sum() > 0
+    assert set(rows["language"]) <= {"ko", "en"} and rows["no_speech_prob"].between(0, 1).all()
+    assert 0 <= result["language_acc"] <= 1 and 0 <= result["no_speech_auc"] <= 1
+    assert result["cer"] >= 0 and result["cer_as_decoded"] >= 0
+    assert any(cache.rglob("*")), "the windows were encoded into the cache"

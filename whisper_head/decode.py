@@ -105,6 +105,7 @@ class DecodingOptions:
     without_timestamps: bool = True
     condition_on_prev: bool = False
     speech_gate: float | None = None  # windows with no_speech_prob above are not decoded
+    collapse_loops: bool = True  # a span repeated 3+ times in a row is kept once
 
     def __post_init__(self):
         if self.language is not None and self.language not in whisper.tokenizer.LANGUAGES:
@@ -328,7 +329,7 @@ def transcribe_encoded(
     transcripts = []
     for i, (ns, lang) in enumerate(zip(no_speech, langs, strict=True)):
         tokens, logprob = decoded.get(i, ([], math.nan))
-        tokens = collapse_repeats(tokens)
+        tokens = collapse_repeats(tokens) if options.collapse_loops else tokens
         transcripts.append(Transcript(tokenizer.decode(tokens).strip(), tokens, logprob, ns, lang))
     return transcripts
 

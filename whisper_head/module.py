@@ -320,8 +320,9 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         # validation or test during training, where the weights move
         generator = self._ct2() if predict else None
         with self._autocast():
+            hidden = encoded.hidden.to(self.dtype)  # the cache's float16 on a CPU without bf16
             return transcribe_encoded(
-                self.model.backbone, encoded.hidden, self.tokenizer, self.decoding, generator
+                self.model.backbone, hidden, self.tokenizer, self.decoding, generator
             )
 
     def _class_probs(
