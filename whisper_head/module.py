@@ -78,14 +78,14 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     training (drawn per window). `pick_share`: the clip head reads an emergency-voted window
     where its smoothed emergency probability reaches this share of its peak (0: everywhere);
     `attention_loss`: weight of the attention clip head's pull towards the labelled event;
-    `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: the text
-    loss also scores the token after the start token, the language or `<|nospeech|>`
-    (`model.transcript_targets`); `head_schedule`: "cosine" warms the head's rate up over the
-    first 30 % of the steps and anneals it (cosine) to 1/1000 of it; the decoder's stays constant.
+    `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: it also
+    learns the language or `<|nospeech|>` after the start token (`model.transcript_targets`);
+    `head_schedule` "cosine": the head's rate warms up over 30 % of the steps, then anneals.
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
-    and test keep `generate`, whose weights follow training), "transformers" with `generate`; `speech_gate` skips decoding windows whose no-speech probability is above it;
+    and test keep `generate`, whose weights follow training), "transformers" with `generate`;
+    `speech_gate` skips decoding windows whose no-speech probability is above it;
     `cpu_bf16` runs the encoder and head in bfloat16 on CPU at prediction (on GPU they always
     do), and computes the cached features in bfloat16; "auto": when the CPU has native bfloat16.
     """
