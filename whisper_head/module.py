@@ -3,9 +3,8 @@
 Loss: `lam * (CE(frames) + clip_loss * CE(clip)) + (1 - lam) * CE(text)`. Frame targets are
 taxonomy ids 0..K (0 = none), padding and unknown timesteps (`IGNORE`) skipped, optionally
 class-balanced; the clip term scores the window's class from its pooled timesteps as
-`readout.clip_class_probs` reads it; text targets are the tokenised transcripts after the prompt
-`<|startoftranscript|><|lang|><|transcribe|><|notimestamps|>`. With a frozen encoder, the head and
-the decoder share no parameter, so `lam` only scales two separate gradients (see the README).
+`readout.clip_class_probs` reads it; text targets: `model.transcript_targets`. With a frozen
+encoder, head and decoder share no parameter: `lam` only scales two separate gradients (README).
 
 Clip class and `p_emergency`: with the attention clip head (`clip_pool: attention`), its summed
 emergency probability and its class on the vote's side; else the summed emergency probability of
