@@ -11,7 +11,13 @@ from whisper_head.model import IGNORE
 class EvaluationSteps:
     """The validation and test steps of `WhisperHeadModule`, which holds the metrics (`timestep_acc`,
     `event_acc`, `clip_acc`, `binary`), the collected `_texts` and `_test` rows, and `_step`,
-    `_readout` and `_transcribe`."""
+    `_readout` and `_transcribe`.
+
+    Validation and test log `stage/loss`, `stage/timestep_acc` (valid timesteps, 20 columns),
+    `stage/acc` (clip class), `stage/binary_acc` (vote against emergency ids) and, at epoch end,
+    `stage/cer` and `stage/cer_nospace` (NFC, jiwer) from greedy transcripts of the first
+    `cer_batches` validation batches or of every test batch; the test stage also writes
+    `test_metrics.json` and `test_confusion.png`."""
 
     def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         _, encoded, frame_probs = self._step(batch, stage)

@@ -25,9 +25,10 @@ from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
 from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
+from ensemble.core import member as core
 from ensemble.core.audio import seconds_to_timesteps
 from ensemble.core.labels import load_taxonomy
-from ensemble.core.member import MemberModule, MemberOutput, cosine_with_warmup, frame_events
+from ensemble.core.member import MemberModule, MemberOutput, frame_events
 from whisper_head.attention import attention_target_loss
 from whisper_head.cache import FeatureCache
 from whisper_head.ct2 import CT2Generator
@@ -58,12 +59,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     weights); "none" everything (the sinusoidal positions stay fixed). `head_lr`: the head's
     learning rate when it should differ from the backbone's. `language`: forced, or None to detect
     it per window among `languages` (the text loss then takes each reference's language from its
-    script). Validation and test log `stage/loss`, `stage/timestep_acc` (valid timesteps, 20
-    columns), `stage/acc` (clip class), `stage/binary_acc` (vote against emergency ids) and, at
-    epoch end, `stage/cer` and `stage/cer_nospace` (NFC, jiwer) from greedy transcripts of the
-    first `cer_batches` validation batches or of every test batch; the test stage also writes
-    `test_metrics.json` and `test_confusion.png`. Prediction events are runs of one class of at
-    least `min_event_s` over the smoothed timestep probabilities.
+    script). Validation and test: `evaluation.EvaluationSteps`. Prediction events are runs of one
+    class of at least `min_event_s` over the smoothed timestep probabilities.
 
     Training from cached features: `feature_cache` (a folder; None: off) stores the frozen
     encoder's outputs once per window (`whisper_head.cache`; built for train and val at fit start,
@@ -146,10 +143,11 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             raise ValueError(f"bad speech_text {speech_text}, speechless_text {speechless_text}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
-        if head_schedule not in ("constant", "cosine"):
-            raise ValueError(f"head_schedule must be constant or cosine, got {head_schedule!r}")
-        if freeze not in ("encoder", "none", "all_but_head"):
-            raise ValueError(f"freeze must be encoder, none or all_but_head, got {freeze!r}")
+        core.check_choices(
+            freeze=(freeze, ("encoder", "none", "all_but_head")),
+            decoder=(decoder, ("transformers", "ct2")),
+            head_schedule=(head_schedule, ("constant", "cosine")),
+        )
         self.optimizer = optimizer
         self._freeze(freeze)
         backbone = model.backbone
@@ -160,8 +158,6 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         self.decoding = DecodingOptions(
             language, self.languages, max_new_tokens=max_new_tokens, speech_gate=speech_gate
         )
-        if decoder not in ("transformers", "ct2"):
-            raise ValueError(f"decoder must be transformers or ct2, got {decoder!r}")
         self._generator: CT2Generator | None = None
         self._cache: FeatureCache | None = None
         self.frame_weights: Tensor | None = None  # class-balanced frame loss, set at fit start
@@ -208,7 +204,7 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         if self.hparams.head_schedule == "constant":
             return optimizer
         steps = self.trainer.estimated_stepping_batches
-        scheduler = cosine_with_warmup(optimizer, steps, warmup=0.3, groups=[0], floor=1e-3)
+        scheduler = core.cosine_with_warmup(optimizer, steps, warmup=0.3, groups=[0], floor=1e-3)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -284,3 +284,11 @@ def cosine_with_warmup(
     chosen = range(len(opt.param_groups)) if groups is None else set(groups)
     factors = [factor if i in chosen else (lambda _: 1.0) for i in range(len(opt.param_groups))]
     return torch.optim.lr_scheduler.LambdaLR(opt, factors)
+
+
+def check_choices(**settings: tuple[Any, Sequence[Any]]) -> None:
+    """Raise ValueError naming the first setting whose value is not among its choices:
+    `check_choices(freeze=(freeze, ("encoder", "none")))`."""
+    for name, (value, allowed) in settings.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
