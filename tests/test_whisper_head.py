@@ -88,7 +88,7 @@ def test_clip_class_follows_the_vote_and_smoothing():
 
 
 def test_fast_dev_run_trains_head_not_frozen_encoder(demo_manifest, tmp_path):
-    module = _module()
+    module = _module(lead_token=True, head_schedule="cosine")  # a scheduled rate under a Trainer
     encoder = [p.detach().clone() for p in module.model.encoder.parameters()]
     head = [p.detach().clone() for p in module.model.head.parameters()]
     decoder = module.model.backbone.model.decoder.layers[0].fc1.weight.detach().clone()
