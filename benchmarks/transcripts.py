@@ -36,7 +36,7 @@ from whisper_head.decode import collapse_repeats
 
 def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> pd.DataFrame:
     """One row per window: reference, hypothesis (loops collapsed) and as decoded, language,
-    no-speech probability."""
+    no-speech probability, average log-probability of the decoded tokens."""
     module.decoding = dataclasses.replace(module.decoding, collapse_loops=False)
     data = AudioDataModule(manifest, batch_size=batch_size, predict_split=split)
     data.setup("predict")
@@ -54,6 +54,7 @@ def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> 
                         "as_decoded": h.text,
                         "language": h.language,
                         "no_speech_prob": h.no_speech_prob,
+                        "avg_logprob": h.avg_logprob,
                     }
                 )
     return pd.DataFrame(rows)

@@ -142,6 +142,7 @@ def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest
     assert len(rows) == result["windows"] >= val["path"].nunique()
     assert result["with_speech"] == (rows["reference"].str.strip() != "").sum() > 0
     assert set(rows["language"]) <= {"ko", "en"} and rows["no_speech_prob"].between(0, 1).all()
+    assert (pd.to_numeric(rows["avg_logprob"]) <= 0).all()
     assert 0 <= result["language_acc"] <= 1 and 0 <= result["no_speech_auc"] <= 1
     assert result["cer"] >= 0 and result["cer_as_decoded"] >= 0
     assert any(cache.rglob("*")), "the windows were encoded into the cache"
