@@ -13,7 +13,8 @@ prediction (language detected among the config's languages). Reported:
     python benchmarks/transcripts.py --ckpt runs/demo/whisper_head/version_0/checkpoints/best.ckpt \
         --manifest runs/demo/manifest.csv --cache runs/demo/features [--split val] [--out rows.csv]
 
-Windows missing from the cache are encoded from the audio (and stored).
+Windows missing from the cache are encoded from the audio first (and stored); the rest is read
+from the cache alone.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> 
     module.decoding = dataclasses.replace(module.decoding, collapse_loops=False)
     data = AudioDataModule(manifest, batch_size=batch_size, predict_split=split)
     data.setup("predict")
+    dataset = data.datasets[split]
+    if module.feature_cache() is not None:  # fill what is missing, then read the cache alone
+        module.build_feature_cache(dataset, f"{split} encoder features")
+        dataset.read_audio = False
     rows = []
     with torch.no_grad():
         for batch in progress(data.predict_dataloader(), desc=f"{split} transcripts", unit="batch"):
