@@ -1,5 +1,6 @@
 """The keyword judge: normalisation, fuzzy matching, hallucination guards, the demo scripts."""
 
+import math
 import unicodedata
 
 import pytest
@@ -93,6 +94,30 @@ def test_batch_and_tensors(judge):
 def test_options_are_checked():
     with pytest.raises(ValueError, match="threshold"):
         JudgeOptions(threshold=1.5)
+
+
+def test_confidence_weighs_a_match_by_the_decoders_certainty(tmp_path):
+    plain = KeywordJudge(load_keywords())
+    sure, unsure = (
+        plain.judge("불이야!", avg_logprob=-0.05),
+        plain.judge("불이야!", avg_logprob=-1.2),
+    )
+    assert sure.p_emergency == unsure.p_emergency == 1.0  # off: the log-prob only guards silence
+    path = tmp_path / "keywords.yaml"
+    path.write_text("classes:\n  fire: [불이야]\njudge:\n  confidence: true\n", encoding="utf-8")
+    judge = KeywordJudge.from_yaml(path)
+    assert judge.options.confidence
+    sure, unsure = (
+        judge.judge("불이야!", avg_logprob=-0.05),
+        judge.judge("불이야!", avg_logprob=-1.2),
+    )
+    assert sure.p_emergency == pytest.approx(math.exp(-0.05))
+    assert unsure.p_emergency == pytest.approx(math.exp(-1.2)) and not unsure.vote
+    assert judge.judge("불이야!").p_emergency == 1.0  # no log-prob: nothing to weigh by
+    assert not KeywordJudge.from_yaml(path, confidence=False).options.confidence
+    path.write_text("classes:\n  fire: [불이야]\njudge:\n  confident: true\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"unknown option.*confident"):
+        KeywordJudge.from_yaml(path)
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,12 @@ repetitive text and known silence phrases never vote emergency.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import NamedTuple
 
@@ -119,6 +120,7 @@ class JudgeOptions:
     logprob_threshold: float = -1.0  # above this and avg_logprob below that
     compression_ratio_threshold: float = 2.4  # zlib ratio above this: a repetition loop
     max_repeats: int = 8  # the same word this many times in a row: a repetition loop
+    confidence: bool = False  # p times exp(avg_logprob): a phrase the decoder was unsure of counts less
 
     def __post_init__(self) -> None:
         for name in ("threshold", "min_similarity", "no_speech_threshold"):
@@ -171,7 +173,15 @@ class KeywordJudge:
 
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **options: float) -> KeywordJudge:
-        return cls(lexicon=load_keywords(path), options=JudgeOptions(**options))
+        """The lexicon in `path` with its `judge:` block of JudgeOptions; `options` override it."""
+        path = Path(path or DEFAULT_KEYWORDS)
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        block = raw.get("judge") or {}
+        known = {f.name for f in fields(JudgeOptions)}
+        unknown = sorted(set(block) - known)
+        if unknown:
+            raise ValueError(f"{path}: judge: unknown option(s) {unknown}; valid: {sorted(known)}")
+        return cls(lexicon=load_keywords(path), options=JudgeOptions(**{**block, **options}))
 
     def _similarity(self, phrase: Phrase, words: list[str], jamo: str) -> float:
         """Best similarity of `phrase` to a stretch of the transcript, in [0, 1]."""
@@ -243,6 +253,8 @@ class KeywordJudge:
         for s in scores.values():
             miss *= 1 - s
         p = min(max(1 - miss, 0.0), 1.0)
+        if self.options.confidence and avg_logprob is not None:
+            p *= math.exp(min(avg_logprob, 0.0))
         classes = {k: s for k, s in scores.items() if k != GENERIC}
         # max() keeps the first of equal scores: lexicon order breaks ties
         key = max(classes, key=classes.__getitem__) if classes else None
