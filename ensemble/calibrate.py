@@ -44,7 +44,16 @@ from ensemble.core.manifest import link_split
 from ensemble.pipeline import infer
 from ensemble.revote import Run, figures, read_run, revote
 from ensemble.rows import MemberTable, vote
-from ensemble.tuning import RULE_ORDER, Criterion, Goal, Search, auc, class_weights, with_rule
+from ensemble.tuning import (
+    N_REPEATS,
+    RULE_ORDER,
+    Criterion,
+    Goal,
+    Search,
+    auc,
+    class_weights,
+    with_rule,
+)
 from ensemble.vote import VoteRule
 
 log = logging.getLogger(__name__)
@@ -62,6 +71,7 @@ def calibrate(
     criterion: Criterion = "balanced",
     target_fpr: float = 0.05,
     labels: str | Path | None = None,
+    cv_repeats: int | None = None,
 ) -> dict:
     """Choose the ensemble's settings on `split` (see the module's text); write the config to
     `out`; return its `calibration` block. The members run over `folder` (default: the split's
@@ -78,7 +88,7 @@ def calibrate(
         infer(audio, work, base, resume=not done, overwrite=done)
     run = read_run(work, manifest, split, taxonomy)
     goal = Goal(criterion, target_fpr)
-    search = Search(run, taxonomy, goal)
+    search = Search(run, taxonomy, goal, repeats=cv_repeats or N_REPEATS)
 
     speech_members = [n for n in run.run_json.get("sources", {}).get("transcript", [])]
     abstain = search.abstention(speech_members)
@@ -114,6 +124,7 @@ def calibrate(
         "split": split,
         "run": str(work),
         "criterion": criterion,
+        "cv_repeats": search.repeats,
         "target_fpr": target_fpr if criterion == "fpr" else None,
         "chosen_rule": chosen,
         "score": score,

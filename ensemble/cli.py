@@ -167,6 +167,7 @@ def _calibrate(args: argparse.Namespace) -> None:
         folder=args.folder,
         criterion=args.criterion,
         target_fpr=args.target_fpr,
+        cv_repeats=args.cv_repeats,
     )
     print(rule_table(block))
     print(f"chosen: {block['chosen_rule']}; config: {args.out}")
@@ -317,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="thresholds at the best balanced accuracy, or at --target-fpr false positives",
     )
     p.add_argument("--target-fpr", type=float, default=0.05, help="with --criterion fpr")
+    p.add_argument("--cv-repeats", type=int, default=None, help="cross-validation repeats")
     p.set_defaults(func=_calibrate)
 
     p = sub.add_parser(

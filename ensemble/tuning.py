@@ -29,6 +29,7 @@ Criterion = Literal["balanced", "fpr"]
 RULE_ORDER = ("majority", "at_least", "soft", "weighted", "stack")  # simpler first
 CLASS_GRID = (0.0, 0.5, 1.0, 2.0)
 N_FOLDS = 5
+N_REPEATS = 1  # cross-validation repeats, each with its own split of the files into folds
 EPS = 1e-6  # thresholds stay inside (0, 1)
 
 
@@ -100,8 +101,10 @@ class Candidate:
 class Search:
     """The choices of `calibrate` over one run's windows (array arithmetic, no rows)."""
 
-    def __init__(self, run: Run, taxonomy: Taxonomy, goal: Goal):
-        self.run, self.taxonomy, self.goal = run, taxonomy, goal
+    def __init__(self, run: Run, taxonomy: Taxonomy, goal: Goal, repeats: int = N_REPEATS):
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.run, self.taxonomy, self.goal, self.repeats = run, taxonomy, goal, repeats
         self.table = MemberTable.from_rows(run.windows, run.names, taxonomy.n_classes)
         self.n_files = len(run.files)
 
@@ -177,16 +180,19 @@ class Search:
         y, group, n = self.run.y_file, self.run.group, self.n_files
         v = vote(self.table, with_rule(config, VoteRule(), [s.weight for s in config.members]))
         auc_mean = auc(y, np.maximum(_file_max(v.decision.score, group, n), -1.0))
-        folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
-        if folds < 2:
+        splits = self._splits(y)
+        if not splits:
             return {"score": "mean", "auc_mean": round(auc_mean, 6), "auc_stack_cv": math.nan}
-        oof = np.full(len(group), np.nan)
-        for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(y, y):
-            stack = self.stack(config, np.isin(group, train))
-            held = np.isin(group, test)
-            oof[held] = stack.score(self.table.p, v.opinion)[held]
+        aucs = []
+        for repeat in splits:
+            oof = np.full(len(group), np.nan)
+            for train, test in repeat:
+                stack = self.stack(config, np.isin(group, train))
+                held = np.isin(group, test)
+                oof[held] = stack.score(self.table.p, v.opinion)[held]
+            aucs.append(auc(y, np.maximum(_file_max(oof, group, n), -1.0)))
         auc_mean = round(auc_mean, 6)
-        auc_stack = round(auc(y, np.maximum(_file_max(oof, group, n), -1.0)), 6)
+        auc_stack = round(float(np.mean(aucs)), 6)
         better = _finite_auc(auc_stack) > _finite_auc(auc_mean)  # what the block says, exactly
         return {
             "score": "stack" if better else "mean",
@@ -234,17 +240,32 @@ class Search:
     def cross_validated(self, family: str, config: EnsembleConfig) -> dict:
         """Out-of-fold file decisions of `family` (parameters chosen on the other folds)."""
         y = self.run.y_file
+        splits = self._splits(y)
+        if not splits:
+            return {"cv_score": math.nan, "cv_binary_acc": math.nan}
+        scores, accs = [], []
+        for repeat in splits:
+            e = np.zeros(len(y), dtype=bool)
+            for train, test in repeat:
+                c = self.fit(family, config, train)
+                e[test] = self._decide(c, config, test)
+            scores.append(self.goal.score(y, e))
+            accs.append(float((e == y).mean()))
+        return {
+            "cv_score": round(float(np.mean(scores)), 6),
+            "cv_binary_acc": round(float(np.mean(accs)), 6),
+        }
+
+    def _splits(self, y: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per repeat, stratified folds of the files (`random_state` = the repeat); [] when a
+        class has fewer than 2 files."""
         folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
         if folds < 2:
-            return {"cv_score": math.nan, "cv_binary_acc": math.nan}
-        e = np.zeros(len(y), dtype=bool)
-        for train, test in StratifiedKFold(folds, shuffle=True, random_state=0).split(y, y):
-            c = self.fit(family, config, train)
-            e[test] = self._decide(c, config, test)
-        return {
-            "cv_score": round(self.goal.score(y, e), 6),
-            "cv_binary_acc": round(float((e == y).mean()), 6),
-        }
+            return []
+        return [
+            list(StratifiedKFold(folds, shuffle=True, random_state=r).split(y, y))
+            for r in range(self.repeats)
+        ]
 
 
 def _finite_auc(x: float) -> float:

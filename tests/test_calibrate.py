@@ -132,7 +132,7 @@ def test_score_source_prefers_a_stack_that_ranks_better():
     noise = rng.uniform(0, 1, n)
     search = Search.__new__(Search)
     search.run = SimpleNamespace(y_file=y, y_window=y, group=np.arange(n), names=["a", "b"])
-    search.n_files = n
+    search.n_files, search.repeats = n, 1
     search.table = SimpleNamespace(
         p=np.stack([good, noise]),
         opinion=np.ones((2, n), bool),
