@@ -39,7 +39,7 @@ import numpy as np
 import yaml
 
 from ensemble.config import EnsembleConfig, load_config, relative_to
-from ensemble.core.labels import load_taxonomy
+from ensemble.core.labels import CONFIG_DIR, load_taxonomy
 from ensemble.core.manifest import link_split
 from ensemble.pipeline import infer
 from ensemble.revote import Run, figures, read_run, revote
@@ -57,6 +57,7 @@ from ensemble.tuning import (
 from ensemble.vote import VoteRule
 
 log = logging.getLogger(__name__)
+DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"  # the keyword judge's lexicon unless overridden
 
 # --- the command ------------------------------------------------------------------------------
 
@@ -160,15 +161,17 @@ def _outputs_settings(config: dict) -> dict:
 
 
 def _reusable(work: Path, config: EnsembleConfig) -> bool:
-    """A finished run in `work` of the same members, member settings and checkpoint files (none
-    newer); the vote and its per-member settings may differ (they are revoted)."""
+    """A finished run in `work` of the same members, member settings, checkpoint files and
+    lexicons (none newer); the vote and its per-member settings may differ (they are revoted)."""
     path = work / "run.json"
     if not path.is_file():
         return False
     run = json.loads(path.read_text(encoding="utf-8"))
     mine = json.loads(json.dumps(dataclasses.asdict(config), default=str))
     same = _outputs_settings(mine) == _outputs_settings(run.get("config") or {})
-    newest = max(Path(m.checkpoint).stat().st_mtime for m in config.members)
+    lexicons = [DEFAULT_KEYWORDS, *(m.overrides.get("keywords") for m in config.members)]
+    files = [Path(m.checkpoint) for m in config.members] + [Path(p) for p in lexicons if p]
+    newest = max(f.stat().st_mtime for f in files if f.is_file())
     return same and path.stat().st_mtime > newest
 
 

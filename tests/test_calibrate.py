@@ -162,3 +162,22 @@ def test_a_run_is_reused_under_another_vote(calibrated, demo_manifest, monkeypat
     monkeypatch.setattr(cal, "infer", no_infer)
     again = cal.calibrate(out / "calibrated.yaml", demo_manifest, out / "val", tmp_path / "c.yaml")
     assert again["val"] == block["val"]
+
+
+def test_a_run_is_stale_once_the_lexicon_changes(calibrated, monkeypatch, tmp_path):
+    """The judge's outputs depend on its lexicon, which the config names only by default: a
+    lexicon edited after the val run makes the run stale, as a newer checkpoint does."""
+    import os
+
+    import ensemble.calibrate as cal
+    from ensemble.config import load_config
+
+    out, _ = calibrated
+    config = load_config(out / "calibrated.yaml")
+    assert cal._reusable(out / "val", config)
+    lexicon = tmp_path / "keywords.yaml"
+    lexicon.write_text("classes: {}\n", encoding="utf-8")
+    later = (out / "val" / "run.json").stat().st_mtime + 10
+    os.utime(lexicon, (later, later))
+    monkeypatch.setattr(cal, "DEFAULT_KEYWORDS", lexicon)
+    assert not cal._reusable(out / "val", config)
