@@ -120,7 +120,7 @@ class JudgeOptions:
     logprob_threshold: float = -1.0  # above this and avg_logprob below that
     compression_ratio_threshold: float = 2.4  # zlib ratio above this: a repetition loop
     max_repeats: int = 8  # the same word this many times in a row: a repetition loop
-    confidence: bool = False  # p times exp(avg_logprob): a phrase the decoder was unsure of counts less
+    confidence: bool = False  # p * exp(avg_logprob): an unsure transcript's match counts less
 
     def __post_init__(self) -> None:
         for name in ("threshold", "min_similarity", "no_speech_threshold"):
