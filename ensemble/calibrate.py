@@ -20,7 +20,8 @@
      weighted (weights 2 AUC - 1 of each member on val), and `stack`, a logistic regression over
      the members' probabilities and abstentions (C by 5-fold cross-validation);
    - the rule: the best 5-fold cross-validated file-level figure on val (each fold's parameter
-     chosen on the other folds; the member thresholds are shared), ties to the simpler rule;
+     chosen on the other folds; the member thresholds are shared; averaged over `cv_repeats`
+     splits into folds), ties to the simpler rule;
    - the members' class weights: a small grid, the best 19-class accuracy on val.
 4. The config is written with a `calibration:` block: the choices, every rule with its parameters
    and the validation figures. Revoting the validation run with it gives the same figures
