@@ -181,3 +181,48 @@ def test_a_run_is_stale_once_the_lexicon_changes(calibrated, monkeypatch, tmp_pa
     os.utime(lexicon, (later, later))
     monkeypatch.setattr(cal, "DEFAULT_KEYWORDS", lexicon)
     assert not cal._reusable(out / "val", config)
+
+
+def test_cv_repeats_average_the_figures_of_several_fold_splits(monkeypatch):
+    """`repeats` R: every repeat splits all files into folds anew; the figures are the mean over
+    the R splits (R = 1 is the single split of before)."""
+    from types import SimpleNamespace
+
+    from ensemble.config import EnsembleConfig, MemberSpec
+    from ensemble.tuning import Goal, Search
+
+    rng = np.random.default_rng(1)
+    n = 40
+    y = np.arange(n) % 3 == 0
+    p = np.clip(np.where(y, 0.6, 0.4) + rng.normal(0, 0.15, (2, n)), 0, 1).round(6)
+
+    def search(repeats):
+        s = Search.__new__(Search)
+        s.run = SimpleNamespace(y_file=y, y_window=y, group=np.arange(n), names=["a", "b"])
+        s.n_files, s.repeats, s.goal = n, repeats, Goal()
+        s.table = SimpleNamespace(
+            p=p, opinion=np.ones((2, n), bool), own_vote=p > 0.5,
+            no_speech=np.full(n, np.nan), class_probs=[None, None], names=["a", "b"],
+        )  # fmt: skip
+        return s
+
+    config = EnsembleConfig(
+        members=tuple(MemberSpec(name=m, class_path="x.Y", checkpoint=f"{m}.ckpt") for m in "ab")
+    )
+    splits = search(3)._splits(y)
+    assert len(splits) == 3
+    for repeat in splits:  # every file held out exactly once per repeat
+        held = np.sort(np.concatenate([test for _, test in repeat]))
+        assert (held == np.arange(n)).all()
+    assert not all(
+        (a[1] == b[1]).all() for a, b in zip(splits[0], splits[1], strict=True)
+    )  # the repeats split differently
+
+    first = search(1).cross_validated("soft", config)
+    second = search(1)
+    monkeypatch.setattr(second, "_splits", lambda y: [splits[1]])
+    second = second.cross_validated("soft", config)
+    both = search(2).cross_validated("soft", config)
+    assert both["cv_score"] == pytest.approx((first["cv_score"] + second["cv_score"]) / 2, abs=2e-6)
+    with pytest.raises(ValueError, match="repeats"):
+        Search(None, None, Goal(), repeats=0)
