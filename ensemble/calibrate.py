@@ -40,7 +40,7 @@ import numpy as np
 import yaml
 
 from ensemble.config import EnsembleConfig, load_config, relative_to
-from ensemble.core.labels import CONFIG_DIR, load_taxonomy
+from ensemble.core.labels import DEFAULT_KEYWORDS, load_taxonomy
 from ensemble.core.manifest import link_split
 from ensemble.pipeline import infer
 from ensemble.revote import Run, figures, read_run, revote
@@ -58,7 +58,6 @@ from ensemble.tuning import (
 from ensemble.vote import VoteRule
 
 log = logging.getLogger(__name__)
-DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"  # the keyword judge's lexicon unless overridden
 
 # --- the command ------------------------------------------------------------------------------
 

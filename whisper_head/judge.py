@@ -22,10 +22,9 @@ import yaml
 from rapidfuzz import fuzz
 from rapidfuzz.distance import OSA
 
-from ensemble.core.labels import CONFIG_DIR, Taxonomy, load_taxonomy
+from ensemble.core.labels import DEFAULT_KEYWORDS, Taxonomy, load_taxonomy
 from ensemble.core.text import HANGUL, LATIN
 
-DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"
 GENERIC = "generic"  # key of the calls for help that name no class
 _APOSTROPHES = "'’ʼ`"
 
@@ -91,12 +90,19 @@ def _phrase(key: str, entry: object, source: str) -> Phrase:
     return Phrase(key=key, text=str(text), weight=float(weight), norm=norm)
 
 
-def load_keywords(path: str | Path | None = None, taxonomy: Taxonomy | None = None) -> Lexicon:
-    """The lexicon in `path` (default configs/keywords.yaml); class keys checked against
-    `taxonomy` (default configs/labels.yaml): each must exist and be an emergency class."""
+def _read(path: str | Path | None) -> tuple[Path, dict]:
     path = Path(path or DEFAULT_KEYWORDS)
+    return path, yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+
+
+def load_keywords(
+    path: str | Path | None = None, taxonomy: Taxonomy | None = None, raw: dict | None = None
+) -> Lexicon:
+    """The lexicon in `path` (default configs/keywords.yaml; `raw`: its contents, already read);
+    class keys checked against `taxonomy` (default configs/labels.yaml): each must exist and be an
+    emergency class."""
+    path, raw = _read(path) if raw is None else (Path(path or DEFAULT_KEYWORDS), raw)
     taxonomy = taxonomy or load_taxonomy()
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     phrases = []
     for key, entries in (raw.get("classes") or {}).items():
         if key not in taxonomy.keys:
@@ -174,14 +180,14 @@ class KeywordJudge:
     @classmethod
     def from_yaml(cls, path: str | Path | None = None, **options: float) -> KeywordJudge:
         """The lexicon in `path` with its `judge:` block of JudgeOptions; `options` override it."""
-        path = Path(path or DEFAULT_KEYWORDS)
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        path, raw = _read(path)
         block = raw.get("judge") or {}
         known = {f.name for f in fields(JudgeOptions)}
         unknown = sorted(set(block) - known)
         if unknown:
             raise ValueError(f"{path}: judge: unknown option(s) {unknown}; valid: {sorted(known)}")
-        return cls(lexicon=load_keywords(path), options=JudgeOptions(**{**block, **options}))
+        lexicon = load_keywords(path, raw=raw)
+        return cls(lexicon=lexicon, options=JudgeOptions(**{**block, **options}))
 
     def _similarity(self, phrase: Phrase, words: list[str], jamo: str) -> float:
         """Best similarity of `phrase` to a stretch of the transcript, in [0, 1]."""

@@ -13,6 +13,7 @@ import yaml
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_LABELS = CONFIG_DIR / "labels.yaml"
+DEFAULT_KEYWORDS = CONFIG_DIR / "keywords.yaml"  # the keyword judge's lexicon
 NONE_KEY = "none"
 IGNORE_ID = -100  # a timestep (or token) target that losses and accuracies skip: nothing is known
 
