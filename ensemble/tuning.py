@@ -124,12 +124,13 @@ class Search:
             chosen[name] = best_t
         return chosen
 
-    def thresholds(self, config: EnsembleConfig) -> dict:
-        """Per member: the threshold on p over the windows where it has an opinion."""
+    def thresholds(self, config: EnsembleConfig, keep: np.ndarray | None = None) -> dict:
+        """Per member: the threshold on p over the windows where it has an opinion (of those in
+        `keep`, a window mask; default all)."""
         opinion = vote(self.table, config).opinion
         out = {}
         for m, name in enumerate(self.run.names):
-            sel = opinion[m]
+            sel = opinion[m] if keep is None else opinion[m] & keep
             y, p = self.run.y_window[sel], self.table.p[m, sel]
             out[name] = None if y.all() or not y.any() else best_cut(p, y, self.goal)
         return out
@@ -247,14 +248,27 @@ class Search:
         for repeat in splits:
             e = np.zeros(len(y), dtype=bool)
             for train, test in repeat:
-                c = self.fit(family, config, train)
-                e[test] = self._decide(c, config, test)
+                fold = self.fold_config(config, train)
+                c = self.fit(family, fold, train)
+                e[test] = self._decide(c, fold, test)
             scores.append(self.goal.score(y, e))
             accs.append(float((e == y).mean()))
         return {
             "cv_score": round(float(np.mean(scores)), 6),
             "cv_binary_acc": round(float(np.mean(accs)), 6),
         }
+
+    def fold_config(self, config: EnsembleConfig, files: np.ndarray) -> EnsembleConfig:
+        """`config` with what was chosen on all files chosen again on `files` alone: the member
+        thresholds and, when it scores windows, the stack. Without it a held-out fold would
+        have chosen the thresholds that the rules voting on them are judged with."""
+        keep = np.isin(self.run.group, files)
+        weights = [s.weight for s in config.members]
+        fold = with_rule(config, config.vote, weights, threshold=self.thresholds(config, keep))
+        if config.vote.score == "stack":
+            rule = dataclasses.replace(config.vote, stack=self.stack(fold, keep))
+            fold = with_rule(fold, rule, weights)
+        return fold
 
     def _splits(self, y: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         """Per repeat, stratified folds of the files (`random_state` = the repeat); [] when a

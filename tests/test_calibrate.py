@@ -226,3 +226,45 @@ def test_cv_repeats_average_the_figures_of_several_fold_splits(monkeypatch):
     assert both["cv_score"] == pytest.approx((first["cv_score"] + second["cv_score"]) / 2, abs=2e-6)
     with pytest.raises(ValueError, match="repeats"):
         Search(None, None, Goal(), repeats=0)
+
+
+def test_cross_validation_chooses_member_thresholds_on_the_training_folds(monkeypatch):
+    """The rules that vote on thresholded members are judged out of fold with thresholds chosen
+    on the other folds: a member of pure noise, whose threshold on all files fits them, scores
+    its in-sample balanced accuracy no more once the held-out fold did not choose it."""
+    from types import SimpleNamespace
+
+    from ensemble.config import EnsembleConfig, MemberSpec
+    from ensemble.revote import balanced
+    from ensemble.tuning import Search, with_rule
+
+    rng = np.random.default_rng(3)
+    n = 60
+    y = rng.uniform(size=n) < 0.5
+    p = rng.uniform(size=(1, n)).round(6)
+    search = Search.__new__(Search)
+    search.run = SimpleNamespace(y_file=y, y_window=y, group=np.arange(n), names=["a"])
+    search.n_files, search.repeats, search.goal = n, 1, Goal()
+    search.table = SimpleNamespace(
+        p=p, opinion=np.ones((1, n), bool), own_vote=p > 0.5,
+        no_speech=np.full(n, np.nan), class_probs=[None], names=["a"],
+    )  # fmt: skip
+    config = EnsembleConfig(members=(MemberSpec(name="a", class_path="x.Y", checkpoint="a.ckpt"),))
+    full = search.thresholds(config)
+    config = with_rule(config, VoteRule("at_least", k=1), [1.0], threshold=full)
+    in_sample = balanced(y, p[0] > full["a"])
+
+    seen = []
+    fit = search.fit
+    monkeypatch.setattr(
+        search,
+        "fit",
+        lambda family, cfg, files: seen.append((cfg, files)) or fit(family, cfg, files),
+    )
+    cv = search.cross_validated("at_least", config)
+    assert len(seen) == 5
+    for cfg, train in seen:
+        keep = np.isin(np.arange(n), train)
+        assert cfg.members[0].threshold == search.thresholds(config, keep)["a"]
+    assert len({cfg.members[0].threshold for cfg, _ in seen}) > 1
+    assert in_sample > 0.6 and cv["cv_score"] < in_sample - 0.03  # the old CV: equal to it
