@@ -97,6 +97,34 @@ def at_joins(alerts: list[dict], parts: list[dict], window_s: float) -> int:
                for a in alerts)  # fmt: skip
 
 
+def join_rates(hops: list[dict], parts: list[dict], window_s: float) -> str:
+    """A table: of the full-window hops of a normal run, the share each member (its own vote,
+    where it has an opinion) and the ensemble voted emergency, where the window holds a clip join
+    and where it does not. Tells a benchmark artefact (the joins) from the members' own errors."""
+    joins = np.array([p["clip_start"] for p in parts[1:]])
+    full = [h for h in hops if h["end_s"] >= window_s]
+    at = np.array(
+        [bool(((joins > h["end_s"] - window_s) & (joins < h["end_s"])).any()) for h in full]
+    )
+    names = sorted(
+        k[len("own_vote_") :] for k in (full[0] if full else {}) if k.startswith("own_vote_")
+    )
+    text = (
+        "| of the normal run's hops | at a clip join | away from joins |\n| --- | ---: | ---: |\n"
+    )
+    for name in [*names, None]:
+        vote = np.array(
+            [bool(h["emergency"] if name is None else h[f"own_vote_{name}"]) for h in full]
+        )
+        has = np.array([name is None or bool(h.get(f"own_opinion_{name}", True)) for h in full])
+        cells = []
+        for where in (at, ~at):
+            n = int((has & where).sum())
+            cells.append(f"{(vote & has & where).sum() / n:.2f} of {n}" if n else "–")
+        text += f"| {name or 'ensemble'} votes emergency | {cells[0]} | {cells[1]} |\n"
+    return text
+
+
 def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
     """A run's result, its stream's parts (rebuilt from the run's own options) and its hops."""
     result = json.loads((run / "result.json").read_text())
@@ -192,6 +220,10 @@ def main() -> None:
     text += (
         "\nAt a clip join: the alerting hop's window holds the join of two clips of the normal "
         "stream (a background, level or voice changing from one sample to the next).\n"
+    )
+    text += (
+        f"\nThe normal run's hops as recorded ({no_result['options']['config']}), "
+        "with a full window:\n\n" + join_rates(no_hops, no_parts, window)
     )
     if args.hop_fpr:
         text += "Hop FPR empty: the config's own thresholds (set on val files).\n"

@@ -8,7 +8,10 @@ prediction (language detected among the config's languages). Reported:
   (`decode.collapse_repeats`, the default) and as decoded (loops whole);
 - language detection: the share of windows with speech whose detected language is the reference's;
 - the no-speech probability: its mean on windows with and without speech, and the ROC AUC with
-  which it tells a speechless window from one with speech.
+  which it tells a speechless window from one with speech;
+- the keyword judge (the checkpoint's lexicon) on the transcripts: the share of windows with
+  speech it votes emergency, in emergency classes (heard) and in normal ones (everyday talk
+  taken for an emergency line).
 
     python benchmarks/transcripts.py --ckpt runs/demo/whisper_head/version_0/checkpoints/best.ckpt \
         --manifest runs/demo/manifest.csv --cache runs/demo/features [--split val] [--out rows.csv]
@@ -37,7 +40,8 @@ from whisper_head.decode import collapse_repeats
 
 def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> pd.DataFrame:
     """One row per window: reference, hypothesis (loops collapsed) and as decoded, language,
-    no-speech probability, average log-probability of the decoded tokens."""
+    no-speech probability, average log-probability of the decoded tokens, the window's class is
+    an emergency, the keyword judge's vote."""
     module.decoding = dataclasses.replace(module.decoding, collapse_loops=False)
     data = AudioDataModule(manifest, batch_size=batch_size, predict_split=split)
     data.setup("predict")
@@ -49,8 +53,12 @@ def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> 
     with torch.no_grad():
         for batch in progress(data.predict_dataloader(), desc=f"{split} transcripts", unit="batch"):
             hyps = module._transcribe(module._encode(batch))
-            for path, ref, h in zip(batch["path"], batch["transcript"], hyps, strict=True):
+            emergency = module._emergency[batch["label"].cpu()].tolist()
+            for path, ref, h, e in zip(
+                batch["path"], batch["transcript"], hyps, emergency, strict=True
+            ):
                 text = module.tokenizer.decode(collapse_repeats(h.tokens)).strip()
+                judged = module.judge.judge(text, h.no_speech_prob, h.avg_logprob)
                 rows.append(
                     {
                         "path": path,
@@ -60,6 +68,8 @@ def transcribe_split(module, manifest: str, split: str, batch_size: int = 8) -> 
                         "language": h.language,
                         "no_speech_prob": h.no_speech_prob,
                         "avg_logprob": h.avg_logprob,
+                        "emergency": e,
+                        "judge_vote": judged.vote,
                     }
                 )
     return pd.DataFrame(rows)
@@ -74,6 +84,10 @@ def summary(rows: pd.DataFrame) -> dict[str, float]:
     out["language_acc"] = float((said["reference"].map(script_language) == said["language"]).mean())
     out["no_speech_prob_speech"] = float(said["no_speech_prob"].mean())
     out["no_speech_prob_speechless"] = float(rows.loc[~speech, "no_speech_prob"].mean())
+    for name, kind in (("emergency", True), ("everyday", False)):
+        votes = said.loc[said["emergency"] == kind, "judge_vote"]
+        if len(votes):
+            out[f"judge_votes_{name}_speech"] = float(votes.mean())
     if speech.any() and (~speech).any():
         out["no_speech_auc"] = float(roc_auc_score(~speech, rows["no_speech_prob"]))
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in out.items()}

@@ -128,6 +128,20 @@ def test_hop_thresholds_set_each_members_false_positive_rate_and_are_written(ens
                                    out.parent / "elsewhere" / "x.yaml")  # fmt: skip
 
 
+def test_join_rates_tell_hops_at_a_clip_join_from_the_others():
+    import listen_choose
+
+    parts = [{"clip_start": 0.0}, {"clip_start": 20.0}]  # one join, at 20 s
+    hops = [  # 10 s windows ending at 8 (not full), 12, 18, 22, 28, 34 s
+        {"end_s": e, "emergency": e in (22, 28), "own_vote_cnn": e in (12, 22),
+         "own_opinion_cnn": e != 34}
+        for e in (8, 12, 18, 22, 28, 34)
+    ]  # fmt: skip
+    rows = listen_choose.join_rates(hops, parts, 10.0).splitlines()[2:]
+    assert rows[0] == "| cnn votes emergency | 0.50 of 2 | 0.50 of 2 |"  # 34 s: no opinion
+    assert rows[1] == "| ensemble votes emergency | 1.00 of 2 | 0.00 of 3 |"
+
+
 def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest, tmp_path):
     import pandas as pd
 
@@ -144,5 +158,8 @@ def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest
     assert set(rows["language"]) <= {"ko", "en"} and rows["no_speech_prob"].between(0, 1).all()
     assert (pd.to_numeric(rows["avg_logprob"]) <= 0).all()
     assert 0 <= result["language_acc"] <= 1 and 0 <= result["no_speech_auc"] <= 1
+    assert rows["judge_vote"].isin([True, False]).all() and rows["emergency"].any()
+    judged = [v for k, v in result.items() if k.startswith("judge_votes_")]
+    assert judged and all(0 <= v <= 1 for v in judged)
     assert result["cer"] >= 0 and result["cer_as_decoded"] >= 0
     assert any(cache.rglob("*")), "the windows were encoded into the cache"

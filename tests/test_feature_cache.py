@@ -1,6 +1,7 @@
 """The encoder-feature cache and the timestep head's losses, on a tiny random Whisper."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from helpers import quiet_trainer, tiny_whisper
 
 from ensemble.core.data import AudioDataModule
 from whisper_head.cache import FeatureCache, file_digest, weights_digest
-from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames
+from whisper_head.losses import frame_weights, pooled_class_loss, sample_frames, text_keep
 from whisper_head.model import IGNORE, WhisperHeadModel
 from whisper_head.module import WhisperHeadModule
 from whisper_head.readout import clip_class_probs
@@ -107,7 +108,9 @@ def test_trainable_encoder_has_no_cache(tmp_path):
 def test_fit_from_the_cache(data, tmp_path):
     """A fit builds the cache before its first epoch and trains the head from it; the
     class-balanced weights come from the training split."""
-    module = _module(tmp_path / "cache", train_frames=64, clip_loss=1.0, class_balance=0.5)
+    # the decoder's text loss keeps every everyday line and half the emergency ones
+    kw = {"lam": 0.5, "freeze": "encoder", "speech_text": 0.5, "normal_speech_text": 1.0}
+    module = _module(tmp_path / "cache", train_frames=64, clip_loss=1.0, class_balance=0.5, **kw)
     head = [p.clone() for p in module.model.head.parameters()]
     trainer = quiet_trainer(
         max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False
@@ -119,7 +122,9 @@ def test_fit_from_the_cache(data, tmp_path):
     assert any(
         not torch.equal(a, b) for a, b in zip(head, module.model.head.parameters(), strict=True)
     )
-    assert {"train/clip_loss", "val/event_timestep_acc"} <= set(trainer.callback_metrics)
+    assert {"train/clip_loss", "train/text_loss", "val/event_timestep_acc"} <= set(
+        trainer.callback_metrics
+    )
     # every window cached: the loaders stop reading audio, the labels stay the same
     train = data.datasets["train"]
     assert not train.read_audio and train[0]["wave"].shape == (0,)
@@ -183,6 +188,19 @@ def test_pooled_class_loss_reads_the_vote_evidence():
     )
     expected = -(em_probs[0, 0].log() + normal[0, 3].log()) / 2
     torch.testing.assert_close(loss, expected)
+
+
+def test_text_keep_draws_each_kind_of_window_at_its_share():
+    texts, em = ["help!", "", "tea?", "fire!"] * 500, [True, False, False, True] * 500
+    torch.manual_seed(0)
+    keep = np.array(text_keep(texts, em, 0.25, 0.0, 1.0)).reshape(-1, 4)
+    assert keep[:, 2].all() and not keep[:, 1].any()  # everyday speech always, silence never
+    assert 0.2 < keep[:, [0, 3]].mean() < 0.3  # emergency speech at 0.25
+    torch.manual_seed(0)
+    same = np.array(text_keep(texts, em, 0.25, 0.0)).reshape(-1, 4)  # None: speech's share
+    assert 0.2 < same[:, 2].mean() < 0.3 and (same[:, 0] == keep[:, 0]).all()
+    with pytest.raises(ValueError, match="text shares"):
+        _module(Path("unused"), normal_speech_text=1.5)
 
 
 def test_frame_weights_balance_the_classes():

@@ -1,5 +1,5 @@
 """The timestep head's training losses: class-balanced frame weights, the timesteps a training
-step scores, and the clip-level loss on pooled timesteps."""
+step scores, the clip-level loss on pooled timesteps and the windows the text loss keeps."""
 
 from __future__ import annotations
 
@@ -72,3 +72,23 @@ def block_cross_entropy(logits: Tensor, labels: Tensor, emergency: Tensor) -> Te
     clip class is read once the vote has chosen the block."""
     cols = block_columns(emergency.to(labels.device)[labels], emergency)
     return F.cross_entropy(logits.float().masked_fill(~cols, float("-inf")), labels)
+
+
+def text_keep(
+    transcripts: list[str],
+    emergency: list[bool],
+    speech: float,
+    speechless: float,
+    normal_speech: float | None = None,
+) -> list[bool]:
+    """Whether the text loss keeps each training window (on a CPU the decoder's step costs more
+    than the head's), drawn (`torch.rand`, one draw per window)
+    with chance `speech` where its transcript has words, `speechless` where it has none (they
+    teach "say nothing"), and `normal_speech` (None: `speech`) where it has words and its class
+    is not an emergency. The demo's training speech is 4 parts emergency lines to 1 part everyday
+    lines; a decoder fine-tuned on that hears emergency lines in everyday talk."""
+    shares = [
+        speechless if not t.strip() else speech if e or normal_speech is None else normal_speech
+        for t, e in zip(transcripts, emergency, strict=True)
+    ]
+    return [float(torch.rand(())) < s for s in shares]

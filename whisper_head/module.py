@@ -42,6 +42,7 @@ from whisper_head.losses import (
     frame_weights,
     pooled_class_loss,
     sample_frames,
+    text_keep,
 )
 from whisper_head.model import IGNORE, Encoded, WhisperHeadModel, transcript_targets
 from whisper_head.readout import block_probs, clip_class_probs, peak_pick, smoothed
@@ -71,7 +72,8 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     of the training split); `clip_loss`: weight of the clip loss on pooled timesteps
     (`losses.pooled_class_loss`; with `clip_head`, the clip head's loss over the event); `speech_text`
     and `speechless_text`: the shares of windows with and without speech the text loss keeps in
-    training (drawn per window). `pick_share`: the clip head reads an emergency-voted window
+    training (drawn per window), and `normal_speech_text` for speech in a normal class (None: as
+    `speech_text`; `losses.text_keep`). `pick_share`: the clip head reads an emergency-voted window
     where its smoothed emergency probability reaches this share of its peak (0: everywhere);
     `attention_loss`: weight of the attention clip head's pull towards the labelled event;
     `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: it also
@@ -114,6 +116,7 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         class_balance: float = 0.0,
         speech_text: float = 1.0,
         speechless_text: float = 1.0,
+        normal_speech_text: float | None = None,
         pick_share: float = 0.5,
         attention_loss: float = 1.0,
         text_epochs: int | None = None,
@@ -139,8 +142,9 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             raise ValueError(f"bad attention_loss {attention_loss}, text_epochs {text_epochs}")
         if not 0 <= pick_share <= 1:
             raise ValueError(f"pick_share must lie in [0, 1], got {pick_share}")
-        if not (0 <= speech_text <= 1 and 0 <= speechless_text <= 1):
-            raise ValueError(f"bad speech_text {speech_text}, speechless_text {speechless_text}")
+        shares = (speech_text, speechless_text, normal_speech_text)
+        if not all(0 <= s <= 1 for s in shares if s is not None):
+            raise ValueError(f"bad text shares (speech, speechless, normal speech): {shares}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
         core.check_choices(
@@ -231,12 +235,11 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     def on_test_start(self) -> None:
         self._build_caches(("test",))
 
-    def _text_loss(self, hidden: Tensor, transcripts: list[str]) -> Tensor:
-        shares = (self.hparams.speech_text, self.hparams.speechless_text)
-        if self.training and min(shares) < 1:
-            # a share of the windows with speech, and of the silent ones (they teach "say
-            # nothing"): the decoder's step costs more than the head's on a CPU
-            keep = [float(torch.rand(())) < shares[not t.strip()] for t in transcripts]
+    def _text_loss(self, hidden: Tensor, batch: dict) -> Tensor:
+        h, transcripts = self.hparams, batch["transcript"]
+        shares = (h.speech_text, h.speechless_text, h.normal_speech_text)
+        if self.training and (min(shares[:2]) < 1 or shares[2] is not None):
+            keep = text_keep(transcripts, self._emergency[batch["label"].cpu()].tolist(), *shares)
             if not any(keep):
                 return hidden.sum() * 0.0
             hidden = hidden[torch.tensor(keep, device=hidden.device)]
@@ -299,7 +302,7 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             clip_loss = pooled_class_loss(logits, targets, batch["label"], self._emergency)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
             self.log(f"{stage}/clip_loss", clip_loss, batch_size=B, sync_dist=True)
-        text_loss = self._text_loss(encoded.hidden, batch["transcript"]) if text else 0.0
+        text_loss = self._text_loss(encoded.hidden, batch) if text else 0.0
         loss = lam * head_loss + (1 - lam) * text_loss
         self.log(f"{stage}/loss", loss, prog_bar=stage == "train", batch_size=B, sync_dist=True)
         self.log(f"{stage}/frame_loss", frame_loss, batch_size=B, sync_dist=True)
