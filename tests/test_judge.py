@@ -51,7 +51,16 @@ def test_near_miss_transcription_still_votes(judge, text):
     assert all(m.similarity < 1 for m in j.matches)
 
 
-@pytest.mark.parametrize("text", ["물이야", "I'm fine", "the chief said", "걱정하지 마세요"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "물이야",
+        "I'm fine",
+        "the chief said",
+        "걱정하지 마세요",
+        "The parking arrived this morning.",
+    ],
+)
 def test_short_phrases_match_only_exactly(judge, text):
     assert not judge.judge(text).vote
 

@@ -193,12 +193,15 @@ class KeywordJudge:
         """Best similarity of `phrase` to a stretch of the transcript, in [0, 1]."""
         fuzzy = len(phrase.compact) >= self.options.min_fuzzy_len
         if phrase.by_words:  # word windows, one typo tolerated in longer phrases
-            n, best = len(phrase.norm.split()), 0.0
+            parts = phrase.norm.split()
+            n, best = len(parts), 0.0
             for i in range(len(words) - n + 1):
                 window = " ".join(words[i : i + n])
                 if window == phrase.norm:
                     return 1.0
-                if fuzzy:
+                # a near miss keeps each word's first letter: 'parking' is not 'sparking'
+                onsets = all(w[0] == q[0] for w, q in zip(words[i : i + n], parts, strict=True))
+                if fuzzy and onsets:
                     best = max(best, OSA.normalized_similarity(window, phrase.norm))
             return best
         target = _jamo(phrase.compact)
