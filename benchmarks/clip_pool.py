@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema", type=float, default=0.0, help="score an EMA of the weights (decay)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
     data = extract(args)
@@ -123,6 +124,14 @@ def main() -> None:
         else None
     )
     y_em = np.isin(yv, em)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            head, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
+        )
+        if args.ema
+        else None
+    )
+    scored = ema.module if ema is not None else head
     for epoch in range(args.epochs):
         head.train()
         for b in torch.randperm(len(xt)).split(args.batch):
@@ -134,11 +143,13 @@ def main() -> None:
             opt.step()
             if sched is not None:
                 sched.step()
-        head.eval()
+            if ema is not None:
+                ema.update_parameters(head)
+        scored.eval()
         with torch.no_grad():
             probs = torch.cat(
                 [
-                    head.pool(xv[i : i + 64].float(), mv[i : i + 64])[0][:, 1:].softmax(-1)
+                    scored.pool(xv[i : i + 64].float(), mv[i : i + 64])[0][:, 1:].softmax(-1)
                     for i in range(0, len(xv), 64)
                 ]
             ).numpy()

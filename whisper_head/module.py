@@ -27,6 +27,7 @@ from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from ensemble.core import member as core
 from ensemble.core.audio import seconds_to_timesteps
+from ensemble.core.averaging import HeadAverage
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.member import MemberModule, MemberOutput, frame_events
 from whisper_head.attention import attention_target_loss
@@ -53,7 +54,7 @@ log = logging.getLogger(__name__)
 Freeze = Literal["encoder", "none", "all_but_head"]
 
 
-class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
+class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberModule):
     """The Whisper timestep head and keyword judge as ensemble members.
 
     `freeze`: "encoder" trains the head and the decoder; "all_but_head" only the head (and the layer
@@ -78,7 +79,9 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
     `attention_loss`: weight of the attention clip head's pull towards the labelled event;
     `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: it also
     learns the language or `<|nospeech|>` after the start token (`model.transcript_targets`);
-    `head_schedule` "cosine": the head's rate warms up over 30 % of the steps, then anneals.
+    `head_schedule` "cosine": the head's rate warms up over 30 % of the steps, then anneals;
+    `head_average`: validation, checkpoints and the fitted module use an exponential moving
+    average of the head's weights with this decay per step (None: the raw weights; `HeadAverage`).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -122,6 +125,7 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
         text_epochs: int | None = None,
         lead_token: bool = False,
         head_schedule: Literal["constant", "cosine"] = "constant",
+        head_average: float | None = None,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -131,20 +135,16 @@ class WhisperHeadModule(EncoderFeatures, EvaluationSteps, MemberModule):
             raise ValueError(f"the model has {model.config.n_outputs} outputs, need {K + 1}")
         if not 0 <= lam <= 1 or not 0 < threshold < 1 or smooth_steps < 1 or cer_batches < 0:
             raise ValueError(f"bad lam {lam}, threshold {threshold}, smooth_steps {smooth_steps}")
-        if min_event_s < 0:
-            raise ValueError(f"min_event_s must be >= 0, got {min_event_s}")
-        if (train_frames is not None and train_frames < 1) or clip_loss < 0 or class_balance < 0:
-            raise ValueError(
-                f"bad train_frames {train_frames}, clip_loss {clip_loss}, "
-                f"class_balance {class_balance}"
-            )
-        if attention_loss < 0 or (text_epochs is not None and text_epochs < 0):
-            raise ValueError(f"bad attention_loss {attention_loss}, text_epochs {text_epochs}")
-        if not 0 <= pick_share <= 1:
-            raise ValueError(f"pick_share must lie in [0, 1], got {pick_share}")
-        shares = (speech_text, speechless_text, normal_speech_text)
+        if min_event_s < 0 or (train_frames is not None and train_frames < 1):
+            raise ValueError(f"bad min_event_s {min_event_s} or train_frames {train_frames}")
+        if min(clip_loss, class_balance, attention_loss) < 0:
+            raise ValueError(f"bad loss weights {clip_loss}, {class_balance}, {attention_loss}")
+        if (text_epochs is not None and text_epochs < 0) or not 0 <= (head_average or 0) < 1:
+            raise ValueError(f"bad text_epochs {text_epochs} or head_average {head_average}")
+        self.average_decay, self.average_skip = head_average, ("model.backbone.",)
+        shares = (pick_share, speech_text, speechless_text, normal_speech_text)
         if not all(0 <= s <= 1 for s in shares if s is not None):
-            raise ValueError(f"bad text shares (speech, speechless, normal speech): {shares}")
+            raise ValueError(f"bad shares (pick, speech, speechless, normal speech): {shares}")
         if cpu_bf16 not in (True, False, "auto"):
             raise ValueError(f"cpu_bf16 must be true, false or auto, got {cpu_bf16!r}")
         core.check_choices(
