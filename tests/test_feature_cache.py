@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import soundfile as sf
 import torch
 from helpers import quiet_trainer, tiny_whisper
@@ -134,6 +135,22 @@ def test_fit_from_the_cache(data, tmp_path):
     train.read_audio = False
     assert torch.equal(item["mask"], train[0]["mask"])
     assert torch.equal(item["frame_labels"], train[0]["frame_labels"])
+
+
+def test_a_fit_that_builds_the_cache_trains_as_one_that_finds_it(demo_manifest, tmp_path):
+    """Building the cache draws nothing from the global generator, so the second fit (every
+    window cached) ends with the first's weights."""
+
+    def fit() -> list[torch.Tensor]:
+        pl.seed_everything(0)
+        dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
+        module = _module(tmp_path / "cache", train_frames=32, clip_loss=1.0)
+        trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+        trainer.fit(module, datamodule=dm)
+        return [p.detach().clone() for p in module.model.head.parameters()]
+
+    built, found = fit(), fit()
+    assert all(torch.equal(a, b) for a, b in zip(built, found, strict=True))
 
 
 def test_bf16_features_from_the_cache_at_evaluation(data, tmp_path):

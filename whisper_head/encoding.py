@@ -122,13 +122,16 @@ class EncoderFeatures:
         batch_size = 8 if self.device.type == "cuda" else 4
         dataset.read_audio = True
         loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, collate_fn=collate)
-        bar = progress(loader, desc=f"{desc} ({len(todo)} of {len(keys)} to compute)", unit="batch")
         done = 0
-        for batch in bar:
-            states = self._encode_for_cache(batch["wave"].to(self.device))
-            for st in states:
-                cache.put(keys[todo[done]], st)
-                done += 1
+        # the loader and the bar draw from the global generator: without the fork, a fit that
+        # builds the cache would train from another random state than one that finds it built
+        with torch.random.fork_rng(devices=[]):
+            desc = f"{desc} ({len(todo)} of {len(keys)} to compute)"
+            for batch in progress(loader, desc=desc, unit="batch"):
+                states = self._encode_for_cache(batch["wave"].to(self.device))
+                for st in states:
+                    cache.put(keys[todo[done]], st)
+                    done += 1
         return done
 
     def _build_caches(self, splits: tuple[str, ...]) -> None:
