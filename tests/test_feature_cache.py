@@ -145,7 +145,9 @@ def test_a_fit_that_builds_the_cache_trains_as_one_that_finds_it(demo_manifest, 
         pl.seed_everything(0)
         dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
         module = _module(tmp_path / "cache", train_frames=32, clip_loss=1.0)
-        trainer = quiet_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=1)
+        trainer = quiet_trainer(
+            max_epochs=1, limit_train_batches=3, limit_val_batches=1, enable_checkpointing=False
+        )
         trainer.fit(module, datamodule=dm)
         return [p.detach().clone() for p in module.model.head.parameters()]
 
