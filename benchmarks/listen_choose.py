@@ -144,6 +144,12 @@ def load(run: Path) -> tuple[dict, list[dict], list[dict]]:
     return result, parts, hops
 
 
+def load_vote_rule(config) -> str:
+    from ensemble.config import load_config
+
+    return load_config(config).vote.rule
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events-run", type=Path, required=True)
@@ -200,9 +206,14 @@ def main() -> None:
                 }
             )
     clean = [r for r in rows if r["false_alerts"] == 0]
-    best = max(
+    best = max(  # none clean: the fewest false alerts first
         clean or rows,
-        key=lambda r: (r["events_alerted"], -r["confirm"], -(r["min_score"] or 0)),
+        key=lambda r: (
+            -r["false_alerts"],
+            r["events_alerted"],
+            -r["confirm"],
+            -(r["min_score"] or 0),
+        ),
     )
     minutes = 60 * hours
     split = ev_result["options"]["split"]
@@ -227,7 +238,16 @@ def main() -> None:
     )
     if args.hop_fpr:
         text += "Hop FPR empty: the config's own thresholds (set on val files).\n"
-    rule = "the most events among settings without a false alert" if clean else "none is clean"
+    rule = (
+        "the most events among settings without a false alert"
+        if clean
+        else "none is clean: the fewest false alerts, then the most events"
+    )
+    if load_vote_rule(config) == "stack":
+        text += (
+            "The config votes with `stack`, on its own threshold: member thresholds (the hop "
+            "FPR rows) change no vote; --min-score, on the stack's probability, is the knob.\n"
+        )
     if split == "val":  # never chosen on test
         fpr = best.get("hop_fpr")
         hop = f"member thresholds at {fpr} of the normal hops, " if fpr else ""
