@@ -1,8 +1,8 @@
 """An exponential moving average of a member's head, for validation, checkpoints and prediction.
 
 A small head trained at a constant rate on a few hundred windows swings by several points of val
-accuracy from one epoch to the next, and two fits whose inputs differ in the last bit of a
-bfloat16 feature end far apart. The average of its recent weights (Polyak averaging, as
+accuracy from one epoch to the next, and a small change of its inputs or of its seed moves where
+it ends by as much (whisper_head/README.md). The average of its recent weights (Polyak averaging, as
 `torch.optim.swa_utils` keeps it) is steadier. `HeadAverage` keeps that average of the trainable
 parameters outside the frozen or slow backbone, scores validation with it, writes it into every
 checkpoint in place of the raw weights and leaves it in the module when training ends.
