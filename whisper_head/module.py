@@ -11,8 +11,7 @@ emergency probability and its class on the vote's side; else the summed emergenc
 each timestep, smoothed over `smooth_steps` timesteps, maximum over valid timesteps, and the class
 from the same evidence (`readout.clip_class_probs`, or the event-pooled clip head).
 
-The encoder side (precision, feature cache) is `encoding.EncoderFeatures`; validation and test
-are `evaluation.EvaluationSteps`."""
+Encoder side (precision, feature cache): `encoding.EncoderFeatures`; evaluation: `evaluation`."""
 
 from __future__ import annotations
 
@@ -80,8 +79,8 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
     `text_epochs`: the decoder trains in the first epochs only (None: all); `lead_token`: it also
     learns the language or `<|nospeech|>` after the start token (`model.transcript_targets`);
     `head_schedule` "cosine": the head's rate warms up over 30 % of the steps, then anneals;
-    `head_average`: validation, checkpoints and the fitted module use an exponential moving
-    average of the head's weights with this decay per step (None: the raw weights; `HeadAverage`).
+    `head_average`: validation, checkpoints and the fit keep a moving average of the head's
+    weights, this decay a step (`HeadAverage`; None: the raw weights).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -138,7 +137,8 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         if min_event_s < 0 or (train_frames is not None and train_frames < 1):
             raise ValueError(f"bad min_event_s {min_event_s} or train_frames {train_frames}")
         if min(clip_loss, class_balance, attention_loss) < 0:
-            raise ValueError(f"bad loss weights {clip_loss}, {class_balance}, {attention_loss}")
+            raise ValueError(f"clip_loss {clip_loss}, class_balance {class_balance} and "
+                             f"attention_loss {attention_loss} must be >= 0")  # fmt: skip
         if (text_epochs is not None and text_epochs < 0) or not 0 <= (head_average or 0) < 1:
             raise ValueError(f"bad text_epochs {text_epochs} or head_average {head_average}")
         self.average_decay, self.average_skip = head_average, ("model.backbone.",)

@@ -39,7 +39,8 @@ class HeadAverage:
         self._average: dict[str, Tensor] | None = None
         self._average_steps, self._swapped = 0, False
         if self.average_decay:
-            self._average = {n: p.detach().clone() for n, p in self._averaged().items()}
+            self._params = self._averaged()  # once: the trainable set is fixed while fitting
+            self._average = {n: p.detach().clone() for n, p in self._params.items()}
 
     @torch.no_grad()
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -49,14 +50,14 @@ class HeadAverage:
         self._average_steps += 1
         t = self._average_steps  # early steps weigh more, as in the usual warm-up of the decay
         decay = min(self.average_decay, (1 + t) / (10 + t))
-        for name, p in self._averaged().items():
+        for name, p in self._params.items():
             self._average[name].lerp_(p.detach(), 1 - decay)
 
     def _swap(self) -> None:
         """Exchanges the parameters and the average (only while fitting: the average exists)."""
         if getattr(self, "_average", None) is None:
             return
-        for name, p in self._averaged().items():
+        for name, p in self._params.items():
             raw = p.detach().clone()
             p.data.copy_(self._average[name])
             self._average[name] = raw
