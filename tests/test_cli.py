@@ -81,6 +81,8 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     assert main(args + [f"--fit-arg={a}" for a in quick]) == 0
     text = capsys.readouterr().out
     assert "38 clips" in text and "demo finished" in text and "| ensemble |" in text
+    assert f"{plan['join_normal']} joined normal clips added to the train split" in text
+    assert len(list((out / "joins").glob("*.wav"))) == plan["join_normal"]
     assert (out / "data" / "README.md").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "anomaly.ckpt",
