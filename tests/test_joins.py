@@ -130,3 +130,18 @@ def test_joins_need_normal_clips_of_two_classes(tmp_path):
     pd.DataFrame([row], columns=COLUMNS).to_csv(path, index=False)
     with pytest.raises(ValueError, match="two classes"):
         join_normal_clips(path, 3)
+
+
+def test_joins_need_a_speechless_clip_of_another_class(tmp_path):
+    rows = [("x.wav", "indoor", "hello"), ("y.wav", "indoor", ""), ("z.wav", "outdoor", "hi")]
+    for i, (name, _, _) in enumerate(rows):
+        write_noise(tmp_path / name, 10.0, seed=i)
+    path = tmp_path / "m.csv"
+    table = [(n, lab, t, "", "", "s", "train", "demo") for n, lab, t in rows]
+    pd.DataFrame(table, columns=COLUMNS).to_csv(path, index=False)
+    # z (outdoor) can take y (indoor, speechless); x and y cannot: the joins use z alone
+    new = join_normal_clips(path, 3)
+    assert set(new["label"]) == {"outdoor", "indoor"} and set(new["transcript"]) == {"hi", ""}
+    pd.DataFrame(table[:2], columns=COLUMNS).to_csv(path, index=False)  # no outdoor clip
+    with pytest.raises(ValueError, match="another class"):
+        join_normal_clips(path, 3)

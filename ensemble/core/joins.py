@@ -56,19 +56,22 @@ def join_normal_clips(
     normal = _normal_train_clips(df, taxonomy)
     durations = np.array([len(load_audio(p)) / SAMPLE_RATE for p in normal["path"]])
     fits = durations <= WINDOW_S - MIN_PIECE_S  # A leaves room for a piece of B
-    quiet = normal["transcript"].str.strip() == ""
-    if n > 0 and (not fits.any() or not quiet.any() or normal["label"].nunique() < 2):
+    quiet = (normal["transcript"].str.strip() == "").to_numpy()
+    # A needs a speechless clip of another class to join
+    quiet_labels = set(normal["label"][quiet])
+    fits &= np.array([bool(quiet_labels - {lab}) for lab in normal["label"]])
+    if n > 0 and not fits.any():
         raise ValueError(
-            f"{manifest}: joins need normal train clips of two classes, one of at most "
-            f"{WINDOW_S - MIN_PIECE_S:g} s and one without speech; found {len(normal)} normal "
-            f"train clips ({fits.sum()} short enough, {quiet.sum()} without speech)"
+            f"{manifest}: joins need a normal train clip of at most {WINDOW_S - MIN_PIECE_S:g} s "
+            f"and a speechless normal train clip of another class (two classes); found "
+            f"{len(normal)} normal train clips, {int(quiet.sum())} without speech"
         )
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         a = normal.iloc[rng.choice(np.flatnonzero(fits))]
-        others = np.flatnonzero(quiet & (normal["label"] != a["label"]).to_numpy())
+        others = np.flatnonzero(quiet & (normal["label"] != a["label"]).to_numpy())  # never empty
         b = normal.iloc[rng.choice(others)]
         wave_a, wave_b = load_audio(a["path"]), load_audio(b["path"])
         room = min(int(WINDOW_S * SAMPLE_RATE) - len(wave_a), len(wave_b))
