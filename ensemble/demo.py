@@ -109,12 +109,12 @@ def run_demo(options: DemoOptions) -> dict:
     _stage("1/6 demo data", t0)
     splits = build_data(options, data, manifest)
     if plan.get("join_normal"):  # train clips where the everyday scene changes (core/joins.py)
-        from ensemble.core.joins import join_normal_clips
+        from ensemble.core.joins import JoinError, join_normal_clips
 
         try:
             joined = join_normal_clips(manifest, int(plan["join_normal"]), out / "joins")
             print(f"{joined['path'].nunique()} joined normal clips added to the train split")
-        except ValueError as e:  # too few normal train clips (a tiny demo): train without
+        except JoinError as e:  # too few normal train clips (a tiny demo): train without
             log.warning("no joined normal clips: %s", e)
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):

@@ -22,13 +22,17 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ensemble.core.audio import SAMPLE_RATE, load_audio
+from ensemble.core.audio import SAMPLE_RATE, audio_duration, load_audio
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import read_manifest, write_manifest
 
 JOIN_SOURCE = "joins"  # the `source` of joined clips: `--n` counts them, a rerun replaces them
 WINDOW_S = 30.0  # a joined clip fills at most one 30 s window
 MIN_PIECE_S = 3.0  # the shortest piece of B
+
+
+class JoinError(ValueError):
+    """The manifest has no normal train clips that can be joined."""
 
 
 def _normal_train_clips(df: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
@@ -54,14 +58,14 @@ def join_normal_clips(
     df = df[df["source"] != JOIN_SOURCE].reset_index(drop=True)
     folder = Path(folder) if folder is not None else manifest.parent / "joins"
     normal = _normal_train_clips(df, taxonomy)
-    durations = np.array([len(load_audio(p)) / SAMPLE_RATE for p in normal["path"]])
+    durations = np.array([audio_duration(p) for p in normal["path"]])  # headers only
     fits = durations <= WINDOW_S - MIN_PIECE_S  # A leaves room for a piece of B
     quiet = (normal["transcript"].str.strip() == "").to_numpy()
     # A needs a speechless clip of another class to join
     quiet_labels = set(normal["label"][quiet])
     fits &= np.array([bool(quiet_labels - {lab}) for lab in normal["label"]])
     if n > 0 and not fits.any():
-        raise ValueError(
+        raise JoinError(
             f"{manifest}: joins need a normal train clip of at most {WINDOW_S - MIN_PIECE_S:g} s "
             f"and a speechless normal train clip of another class (two classes); found "
             f"{len(normal)} normal train clips, {int(quiet.sum())} without speech"
@@ -100,8 +104,7 @@ def join_normal_clips(
                     "speaker": a["speaker"],
                     "split": "train",
                     "source": JOIN_SOURCE,
-                    "background": "",
-                    "identifiable": "true",
+                    "background": "",  # the two rows cover the clip: nothing is outside them
                     "origin": ";".join(
                         dict.fromkeys(f"{a['origin']};{b['origin']}".split(";"))
                     ).strip(";"),
