@@ -163,3 +163,29 @@ def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest
     assert judged and all(0 <= v <= 1 for v in judged)
     assert result["cer"] >= 0 and result["cer_as_decoded"] >= 0
     assert any(cache.rglob("*")), "the windows were encoded into the cache"
+
+
+def test_rerecord_replaces_one_members_outputs_and_keeps_the_rest(ensemble_config):
+    import listen_rerecord
+    import yaml
+
+    old = [{"end_s": e, "p_cnn": 0.1, "vote_cnn": False, "p_anomaly": 0.7, "p_whisper_head": 0.2,
+            "transcript": "old", "emergency": False} for e in (2.0, 4.0)]  # fmt: skip
+    new = [{"end_s": e, "p_cnn": 0.9, "vote_cnn": True, "transcript": ""} for e in (2.0, 4.0)]
+    merged = listen_rerecord.merge_hops(old, new, ["cnn"])
+    assert [h["p_cnn"] for h in merged] == [0.9, 0.9] and all(h["vote_cnn"] for h in merged)
+    assert all(h["p_anomaly"] == 0.7 and h["transcript"] == "old" for h in merged)
+    assert old[0]["p_cnn"] == 0.1  # the recorded run is not touched
+    with pytest.raises(ValueError, match="was a hop skipped"):
+        listen_rerecord.merge_hops(old, new[:1], ["cnn"])
+    with pytest.raises(ValueError, match="no outputs of member 'anomaly'"):
+        listen_rerecord.merge_hops(old, new, ["anomaly"])
+    path = ensemble_config.with_name("one.yaml")
+    raw = yaml.safe_load(listen_rerecord.single_member_config(ensemble_config, ["cnn"], path)
+                         .read_text())  # fmt: skip
+    assert [m["name"] for m in raw["members"]] == ["cnn"] and raw["vote"] == {"rule": "majority"}
+    from ensemble.config import load_config
+
+    assert [m.name for m in load_config(path).members] == ["cnn"]
+    with pytest.raises(ValueError, match="no member"):
+        listen_rerecord.single_member_config(ensemble_config, ["nope"], path)
