@@ -4,9 +4,9 @@ A run of `benchmarks/listen_latency.py` records every member's outputs at every 
 member is trained again (the CNN, say), this listens to the run's own `stream.wav` with that
 member alone (the listener built as `listen --config` builds it, at the run's hop and window, not
 at real time: the hops are the same as the run's) and writes a new run whose hops hold the new
-member's outputs beside the other members' recorded ones. `listen_choose.py` then revotes and
-replays it as if the whole ensemble had listened. Only runs that skipped no hop qualify (`--fast`
-events and the hour: time is stream time).
+member's outputs beside the other members' recorded ones, voted by the whole ensemble of
+`--config`: the hops `listen --config` would have recorded. `listen_choose.py` replays them.
+Only runs that skipped no hop qualify (`--fast` events and the hour: time is stream time).
 
     python benchmarks/listen_rerecord.py runs/bl32_val/events-val-w10-c1 \\
         --config runs/demo_j2/ensemble.calibrated.yaml --members cnn --out runs/bl33_val
@@ -54,6 +54,17 @@ def merge_hops(old: list[dict], new: list[dict], names: list[str]) -> list[dict]
             row.update({k: b[k] for k in keys})
         out.append(row)
     return out
+
+
+def revote_hops(hops: list[dict], config: Path) -> list[dict]:
+    """The merged hops as the whole ensemble of `config` votes them, so that each row is what
+    `listen --config CONFIG` would have recorded (its vote, score and class too)."""
+    from ensemble.config import load_config
+    from ensemble.core.labels import load_taxonomy
+    from ensemble.revote import revote_windows
+
+    cfg = load_config(config)
+    return revote_windows(hops, cfg, load_taxonomy(cfg.labels))
 
 
 def single_member_config(config: Path, names: list[str], path: Path) -> Path:
@@ -106,7 +117,7 @@ def main() -> None:
     finally:
         cfg.unlink(missing_ok=True)
     old = [json.loads(x) for x in (args.run / "hops.jsonl").read_text().splitlines()]
-    hops = merge_hops(old, new, args.members)
+    hops = revote_hops(merge_hops(old, new, args.members), args.config)
     (out / "hops.jsonl").write_text(
         "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hops), encoding="utf-8"
     )
