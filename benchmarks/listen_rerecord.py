@@ -121,6 +121,8 @@ def main() -> None:
     (out / "hops.jsonl").write_text(
         "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hops), encoding="utf-8"
     )
+    # what listen_choose reads; the run's own figures (alerts, CPU, memory) were of the old members
+    result = {k: result[k] for k in ("mode", "options", "n_events", "summary") if k in result}
     result["options"]["config"] = str(args.config)
     result["rerecorded"] = {
         "from": str(args.run),
