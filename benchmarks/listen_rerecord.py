@@ -56,17 +56,6 @@ def merge_hops(old: list[dict], new: list[dict], names: list[str]) -> list[dict]
     return out
 
 
-def revote_hops(hops: list[dict], config: Path) -> list[dict]:
-    """The merged hops as the whole ensemble of `config` votes them, so that each row is what
-    `listen --config CONFIG` would have recorded (its vote, score and class too)."""
-    from ensemble.config import load_config
-    from ensemble.core.labels import load_taxonomy
-    from ensemble.revote import revote_windows
-
-    cfg = load_config(config)
-    return revote_windows(hops, cfg, load_taxonomy(cfg.labels))
-
-
 def single_member_config(config: Path, names: list[str], path: Path) -> Path:
     """`config` with only the members `names` and a plain majority vote (their outputs are what
     is kept; the whole config revotes them later), written to `path` beside `config`."""
@@ -88,6 +77,7 @@ def main() -> None:
     parser.add_argument("--members", nargs="+", required=True)
     parser.add_argument("--out", type=Path, required=True, help="the new run goes to OUT/RUN")
     args = parser.parse_args()
+    from listen_choose import revote_with  # the whole ensemble of --config votes every hop
     from listen_latency import listen
 
     from ensemble.console import quiet
@@ -117,7 +107,7 @@ def main() -> None:
     finally:
         cfg.unlink(missing_ok=True)
     old = [json.loads(x) for x in (args.run / "hops.jsonl").read_text().splitlines()]
-    hops = revote_hops(merge_hops(old, new, args.members), args.config)
+    hops = revote_with(merge_hops(old, new, args.members), args.config, None)
     (out / "hops.jsonl").write_text(
         "".join(json.dumps(h, ensure_ascii=False) + "\n" for h in hops), encoding="utf-8"
     )
