@@ -35,7 +35,7 @@ from whisper_head.attention import (
     strided_mean_layers,
 )
 from whisper_head.cache import FeatureCache, weights_digest
-from whisper_head.losses import event_pick
+from whisper_head.losses import event_pick, mask_runs
 from whisper_head.model import IGNORE, WhisperHeadConfig, WhisperHeadModel
 
 STRIDE = 4  # AttentionClipHead's default: 80 ms steps
@@ -85,6 +85,30 @@ def extract(args) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+def paste_events(x, m, pick, y, xt, mt, normal_rows, em, share):
+    """Each emergency window of the batch, with probability `share`, becomes its event's steps
+    written over a random normal train window at a random place: the same label and event, another
+    scene. `x (B, L, S, D)`, valid and event steps `(B, S)`; returns new x, m, pick."""
+    x, m, pick = x.clone(), m.clone(), pick.clone()
+    for i in range(len(y)):
+        steps = pick[i].nonzero()[:, 0]
+        if int(y[i]) not in em or len(steps) == 0 or torch.rand(()) >= share:
+            continue
+        a, b = int(steps[0]), int(steps[-1]) + 1
+        j = int(normal_rows[torch.randint(len(normal_rows), ()).item()])
+        valid = int(mt[j].sum())
+        if valid < b - a:
+            continue
+        t = int(torch.randint(valid - (b - a) + 1, ()))
+        event = x[i, :, a:b].clone()
+        x[i] = xt[j].float()
+        x[i, :, t : t + b - a] = event
+        m[i] = mt[j]
+        pick[i] = False
+        pick[i, t : t + b - a] = True
+    return x, m, pick
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--manifest", required=True)
@@ -102,8 +126,25 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ema", type=float, default=0.0, help="score an EMA of the weights (decay)")
+    p.add_argument(
+        "--paste",
+        type=float,
+        default=0.0,
+        help="share of a batch's emergency windows whose event is pasted over another "
+        "train window's normal background (a new scene for the same event)",
+    )
+    p.add_argument(
+        "--time-mask",
+        type=float,
+        default=0.0,
+        help="share of a window's steps masked out in a few runs (never all the event)",
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
     torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     data = extract(args)
     em = data["emergency"]["ids"]
     tr, va = data["train"], data["val"]
@@ -124,6 +165,7 @@ def main() -> None:
         else None
     )
     y_em = np.isin(yv, em)
+    normal_rows = np.flatnonzero(~np.isin(tr["label"], em))
     ema = (
         torch.optim.swa_utils.AveragedModel(
             head, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(args.ema)
@@ -135,9 +177,15 @@ def main() -> None:
     for epoch in range(args.epochs):
         head.train()
         for b in torch.randperm(len(xt)).split(args.batch):
-            logits, log_att = head.pool(xt[b].float(), mt[b])  # the features are strided
-            loss = F.cross_entropy(logits[:, 1:], yt[b] - 1)
-            loss = loss + args.attention_loss * attention_target_loss(log_att, pt[b], 1)  # strided
+            x, m, pick, y = xt[b].float(), mt[b], pt[b], yt[b]
+            if args.paste:
+                x, m, pick = paste_events(x, m, pick, y, xt, mt, normal_rows, em, args.paste)
+            if args.time_mask:  # the module's `clip_time_mask`, in runs of 6 strided steps
+                m = mask_runs(m, pick, args.time_mask, 6)
+                pick = pick & m
+            logits, log_att = head.pool(x, m)  # the features are strided
+            loss = F.cross_entropy(logits[:, 1:], y - 1, label_smoothing=args.label_smoothing)
+            loss = loss + args.attention_loss * attention_target_loss(log_att, pick, 1)  # strided
             opt.zero_grad()
             loss.backward()
             opt.step()

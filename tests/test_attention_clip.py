@@ -8,6 +8,7 @@ from helpers import quiet_trainer, tiny_whisper
 
 from ensemble.core.data import AudioDataModule
 from whisper_head.attention import attention_target_loss, strided_mask, strided_mean
+from whisper_head.losses import mask_runs
 from whisper_head.model import WhisperHeadConfig, WhisperHeadModel
 from whisper_head.module import WhisperHeadModule
 
@@ -130,3 +131,64 @@ def test_fit_from_the_cache_moves_the_attention_head(demo_manifest, tmp_path):
     for p, row in zip(out.p_emergency, out.class_probs, strict=True):
         side = slice(0, 14) if p > module.hparams.threshold else slice(14, 19)
         torch.testing.assert_close(row[side].sum(), torch.tensor(1.0))
+
+
+def test_mask_runs_masks_a_share_in_runs_and_keeps_the_event():
+    torch.manual_seed(0)
+    mask = torch.zeros(3, 1500, dtype=torch.bool)
+    mask[:, :1000] = True  # 20 s valid, the rest padding
+    event = torch.zeros_like(mask)
+    event[:, 400:500] = True
+    out = mask_runs(mask, event, 0.2, 24)
+    assert not (out & ~mask).any()  # padding stays padding
+    for row in out:
+        masked = (~row[:1000]).sum().item()
+        assert 0.1 * 1000 <= masked <= 0.2 * 1000  # overlapping runs mask a little less
+        starts = (~row[1:1000] & row[:999]).sum().item() + int(not row[0])
+        assert starts <= round(0.2 * 1000 / 24)  # runs, not scattered timesteps
+    assert ((out & event).any(1)).all()
+    tiny = torch.zeros_like(event)
+    tiny[:, 10] = True  # an event one timestep long: a run over it would erase it
+    kept = mask_runs(mask, tiny, 0.9, 24)
+    assert kept[:, 10].all()
+    assert torch.equal(mask_runs(mask, event, 0.0, 24), mask)
+    with pytest.raises(ValueError, match="time masking"):
+        mask_runs(mask, event, 1.0, 24)
+
+
+def test_clip_time_mask_hides_timesteps_from_the_attention_head_in_training_only(
+    demo_manifest, tmp_path
+):
+    """With `clip_time_mask` the attention head trains on windows with timesteps masked out;
+    validation reads them whole."""
+    dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
+    module = WhisperHeadModule(
+        WhisperHeadModel(tiny_whisper(**ATTENTION)),
+        feature_cache=str(tmp_path / "cache"),
+        freeze="encoder",
+        lam=1.0,
+        cer_batches=0,
+        clip_loss=1.0,
+        train_frames=64,
+        clip_time_mask=0.3,
+    )
+    seen = {"train": [], "val": []}
+    attend = module.model.attention_logits
+
+    def spy(encoded, mask):
+        seen["train" if module.training else "val"].append(mask.sum().item())
+        return attend(encoded, mask)
+
+    module.model.attention_logits = spy
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    dm.setup("fit")  # the loaders are seeded: the trainer's first batches are these
+    batches = {"train": next(iter(dm.train_dataloader())), "val": next(iter(dm.val_dataloader()))}
+    trainer.fit(module, dm)
+    assert seen["train"] and seen["val"]
+    assert seen["train"][0] < batches["train"]["mask"].sum().item()
+    assert seen["val"][0] == batches["val"]["mask"].sum().item()
+    with pytest.raises(ValueError, match="clip_time_mask"):
+        WhisperHeadModule(WhisperHeadModel(tiny_whisper(**ATTENTION)), clip_time_mask=1.0)

@@ -47,6 +47,30 @@ def event_pick(targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
     return torch.where(em[labels][:, None], frame_em, known)
 
 
+def mask_runs(mask: Tensor, keep: Tensor, share: float, run: int) -> Tensor:
+    """Valid timesteps `(B, T)` with about `share` of each row's valid ones masked out, in runs of
+    `run` timesteps starting at valid ones drawn at random: the attention clip head's time masking
+    in training (it must name the class from what is left). A row whose `keep (B, T)` timesteps
+    (its event) would all go stays whole."""
+    if not 0 <= share < 1 or run < 1:
+        raise ValueError(f"time masking needs 0 <= share < 1 and run >= 1, got {share}, {run}")
+    out = mask.clone()
+    T = mask.shape[1]
+    steps = torch.arange(run, device=mask.device)
+    for i in range(len(mask)):
+        valid = mask[i].nonzero()[:, 0]
+        n = round(share * len(valid) / run)
+        if n == 0:
+            continue
+        starts = valid[torch.randint(len(valid), (n,), device=mask.device)]
+        row = mask[i].clone()
+        row[(starts[:, None] + steps).flatten().clamp_max(T - 1)] = False
+        if keep[i].any() and not (row & keep[i]).any():
+            continue
+        out[i] = row
+    return out
+
+
 def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:
     """The clip-level loss on pooled timesteps, from the evidence the clip class is read from.
 

@@ -40,6 +40,7 @@ from whisper_head.losses import (
     block_cross_entropy,
     event_pick,
     frame_weights,
+    mask_runs,
     pooled_class_loss,
     sample_frames,
     text_keep,
@@ -80,7 +81,10 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
     learns the language or `<|nospeech|>` after the start token (`model.transcript_targets`);
     `head_schedule` "cosine": the head's rate warms up over 30 % of the steps, then anneals;
     `head_average`: validation, checkpoints and the fit keep a moving average of the head's
-    weights, this decay a step (`HeadAverage`; None: the raw weights).
+    weights, this decay a step (`HeadAverage`; None: the raw weights). `clip_time_mask`: in
+    training, the attention clip head sees each window with about this share of its timesteps
+    masked out in runs of 6 of its steps (`losses.mask_runs`; never the whole event), and its
+    attention loss scores the event's unmasked timesteps.
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -125,6 +129,7 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         lead_token: bool = False,
         head_schedule: Literal["constant", "cosine"] = "constant",
         head_average: float | None = None,
+        clip_time_mask: float = 0.0,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -136,6 +141,8 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
             raise ValueError(f"bad lam {lam}, threshold {threshold}, smooth_steps {smooth_steps}")
         if min_event_s < 0 or (train_frames is not None and train_frames < 1):
             raise ValueError(f"bad min_event_s {min_event_s} or train_frames {train_frames}")
+        if not 0 <= clip_time_mask < 1:
+            raise ValueError(f"clip_time_mask must be in [0, 1), got {clip_time_mask}")
         if min(clip_loss, class_balance, attention_loss) < 0:
             raise ValueError(f"clip_loss {clip_loss}, class_balance {class_balance} and "
                              f"attention_loss {attention_loss} must be >= 0")  # fmt: skip
@@ -277,10 +284,15 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         B = len(targets)
         if self.hparams.clip_loss > 0 and self.model.attention_pool:
             # the whole window's class, and attention pulled towards the labelled event
-            with self._autocast():
-                clip_logits, log_att = self.model.attention_logits(encoded, batch["mask"])
-            clip_loss = F.cross_entropy(clip_logits.float()[:, 1:], batch["label"] - 1)
             pick = event_pick(all_targets, batch["label"], self._emergency)
+            seen = batch["mask"]
+            if stage == "train" and self.hparams.clip_time_mask > 0:  # runs of 6 strided steps
+                run = 6 * self.model.config.clip_stride
+                seen = mask_runs(seen, pick, self.hparams.clip_time_mask, run)
+                pick = pick & seen
+            with self._autocast():
+                clip_logits, log_att = self.model.attention_logits(encoded, seen)
+            clip_loss = F.cross_entropy(clip_logits.float()[:, 1:], batch["label"] - 1)
             att_loss = attention_target_loss(log_att, pick, self.model.config.clip_stride)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
             head_loss = head_loss + self.hparams.attention_loss * att_loss
