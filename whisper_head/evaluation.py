@@ -3,6 +3,10 @@ of the transcripts, and the test split's report."""
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
 from ensemble.core.member import emergency_targets
 from ensemble.core.metrics import cer_metrics, write_test_report
 from whisper_head.model import IGNORE
@@ -18,6 +22,22 @@ class EvaluationSteps:
     `stage/cer` and `stage/cer_nospace` (NFC, jiwer) from greedy transcripts of the first
     `cer_batches` validation batches or of every test batch; the test stage also writes
     `test_metrics.json` and `test_confusion.png`."""
+
+    def _init_metrics(self, K: int) -> None:
+        """The val and test metrics for `K` classes, and empty collections."""
+        stages = ("val", "test")
+        self.timestep_acc = torch.nn.ModuleDict(
+            {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
+        )
+        self.event_acc = torch.nn.ModuleDict(  # timesteps inside an emergency event
+            {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
+        )
+        self.clip_acc = torch.nn.ModuleDict(
+            {s: MulticlassAccuracy(K, average="micro") for s in stages}
+        )
+        self.binary = torch.nn.ModuleDict({s: BinaryAccuracy() for s in stages})
+        self._texts: list[tuple[str, str]] = []  # (reference, hypothesis)
+        self._test: list[tuple[Tensor, Tensor, Tensor]] = []  # (label, predicted id, p_emergency)
 
     def _eval_step(self, batch: dict, batch_idx: int, stage: str) -> None:
         _, encoded, frame_probs = self._step(batch, stage)

@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from pytorch_lightning.cli import OptimizerCallable
 from torch import Tensor
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
 from ensemble.core import member as core
 from ensemble.core.audio import seconds_to_timesteps
@@ -175,19 +174,7 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         self._emergency = torch.zeros(K + 1, dtype=torch.bool)
         self._emergency[list(self.taxonomy.emergency_ids)] = True
         self.judge = KeywordJudge.from_yaml(keywords)
-        stages = ("val", "test")
-        self.timestep_acc = torch.nn.ModuleDict(
-            {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
-        )
-        self.event_acc = torch.nn.ModuleDict(  # timesteps inside an emergency event
-            {s: MulticlassAccuracy(K + 1, average="micro", ignore_index=IGNORE) for s in stages}
-        )
-        self.clip_acc = torch.nn.ModuleDict(
-            {s: MulticlassAccuracy(K, average="micro") for s in stages}
-        )
-        self.binary = torch.nn.ModuleDict({s: BinaryAccuracy() for s in stages})
-        self._texts: list[tuple[str, str]] = []  # (reference, hypothesis)
-        self._test: list[tuple[Tensor, Tensor, Tensor]] = []  # (label, predicted id, p_emergency)
+        self._init_metrics(K)
 
     def _freeze(self, freeze: Freeze) -> None:
         backbone = self.model.backbone
