@@ -85,21 +85,25 @@ def test_attention_target_loss():
     torch.testing.assert_close(both, attention_target_loss(focused, event, 4))
 
 
+def cached_attention_module(tmp_path, **options) -> WhisperHeadModule:
+    """A tiny Whisper member with the attention clip head, its encoder frozen and cached."""
+    return WhisperHeadModule(
+        WhisperHeadModel(tiny_whisper(**ATTENTION)),
+        feature_cache=str(tmp_path / "cache"),
+        freeze="encoder",
+        cer_batches=0,
+        clip_loss=1.0,
+        train_frames=64,
+        **options,
+    )
+
+
 def test_fit_from_the_cache_moves_the_attention_head(demo_manifest, tmp_path):
     """One fit from cached features trains the attention head (clip and attention losses logged),
     and prediction reads p_emergency and the class from it on the vote's side. With
     `text_epochs=0` the decoder does not train, though validation still scores its text loss."""
     dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
-    module = WhisperHeadModule(
-        WhisperHeadModel(tiny_whisper(**ATTENTION)),
-        feature_cache=str(tmp_path / "cache"),
-        freeze="encoder",
-        lam=0.5,
-        text_epochs=0,
-        cer_batches=0,
-        clip_loss=1.0,
-        train_frames=64,
-    )
+    module = cached_attention_module(tmp_path, lam=0.5, text_epochs=0)
     before = {n: p.detach().clone() for n, p in module.model.clip_head.named_parameters()}
     decoder = {
         n: p.detach().clone() for n, p in module.model.backbone.model.decoder.named_parameters()
@@ -162,16 +166,7 @@ def test_clip_time_mask_hides_timesteps_from_the_attention_head_in_training_only
     """With `clip_time_mask` the attention head trains on windows with timesteps masked out;
     validation reads them whole."""
     dm = AudioDataModule(demo_manifest, batch_size=2, num_workers=0)
-    module = WhisperHeadModule(
-        WhisperHeadModel(tiny_whisper(**ATTENTION)),
-        feature_cache=str(tmp_path / "cache"),
-        freeze="encoder",
-        lam=1.0,
-        cer_batches=0,
-        clip_loss=1.0,
-        train_frames=64,
-        clip_time_mask=0.3,
-    )
+    module = cached_attention_module(tmp_path, lam=1.0, clip_time_mask=0.3)
     seen = {"train": [], "val": []}
     attend = module.model.attention_logits
 
