@@ -8,8 +8,8 @@ from helpers import quiet_trainer, tiny_whisper
 
 from ensemble.core.data import AudioDataModule
 from whisper_head.attention import attention_target_loss, strided_mask, strided_mean
-from whisper_head.losses import mask_runs
-from whisper_head.model import WhisperHeadConfig, WhisperHeadModel
+from whisper_head.losses import augment_clip_inputs, mask_runs, paste_events
+from whisper_head.model import Encoded, WhisperHeadConfig, WhisperHeadModel
 from whisper_head.module import WhisperHeadModule
 
 ATTENTION = dict(layer_weights=True, layer_norm=True, clip_head=True, clip_pool="attention")
@@ -187,3 +187,98 @@ def test_clip_time_mask_hides_timesteps_from_the_attention_head_in_training_only
     assert seen["val"][0] == batches["val"]["mask"].sum().item()
     with pytest.raises(ValueError, match="clip_time_mask"):
         WhisperHeadModule(WhisperHeadModel(tiny_whisper(**ATTENTION)), clip_time_mask=1.0)
+
+
+def test_paste_events_moves_an_event_into_a_normal_scene():
+    """An emergency row becomes a normal row's states with its event written in at a valid place
+    of the same phase; the normal rows, and every row at share 0, stay as they were."""
+    torch.manual_seed(0)
+    emergency = torch.tensor([False, True, True, False])  # column 0 is `none`
+    labels = torch.tensor([3, 1, 3])  # rows 0 and 2 normal, row 1 an emergency
+    T = 100
+    states = tuple(torch.randn(3, T, 5) for _ in range(2))
+    mask = torch.zeros(3, T, dtype=torch.bool)
+    mask[0, :60], mask[1], mask[2, :80] = True, True, True
+    pick = torch.zeros_like(mask)
+    pick[1, 30:42] = True
+    pick[1, 35] = False  # a gap inside the event travels with it
+    for _ in range(20):
+        out, m, p = paste_events(states, mask, pick, labels, emergency, 1.0, stride=4)
+        t = int(p[1].nonzero()[0])
+        j = 0 if torch.equal(m[1], mask[0]) else 2
+        assert torch.equal(m[1], mask[j]) and t % 4 == 30 % 4 and t + 12 <= mask[j].sum()
+        assert torch.equal(p[1, t : t + 12], pick[1, 30:42]) and p[1].sum() == pick[1].sum()
+        for o, s in zip(out, states, strict=True):
+            assert torch.equal(o[1, t : t + 12], s[1, 30:42])
+            assert torch.equal(o[1, :t], s[j, :t]) and torch.equal(o[1, t + 12 :], s[j, t + 12 :])
+            assert torch.equal(o[[0, 2]], s[[0, 2]])
+        assert torch.equal(m[[0, 2]], mask[[0, 2]]) and torch.equal(p[[0, 2]], pick[[0, 2]])
+    same = paste_events(states, mask, pick, labels, emergency, 0.0, stride=4)
+    assert same[0] is states and same[1] is mask
+    alone = paste_events(states, mask, pick, torch.tensor([1, 2, 2]), emergency, 1.0)
+    assert alone[0] is states  # no normal window to paste into
+    with pytest.raises(ValueError, match="event pasting"):
+        paste_events(states, mask, pick, labels, emergency, 1.5)
+
+
+def test_augment_clip_inputs_leaves_the_decoder_states_alone():
+    torch.manual_seed(0)
+    emergency = torch.tensor([False, True, False])
+    hidden, layers = torch.randn(2, 40, 4), (torch.randn(2, 40, 4),)
+    mask, pick = torch.ones(2, 40, dtype=torch.bool), torch.zeros(2, 40, dtype=torch.bool)
+    pick[0, 5:9] = True
+    encoded = Encoded(hidden, layers)
+    clip, m, p = augment_clip_inputs(encoded, mask, pick, torch.tensor([1, 2]), emergency,
+                                     1.0, 0.0, 1)  # fmt: skip
+    assert clip.hidden is hidden and not torch.equal(clip.states[0][0], layers[0][0])
+    assert m.all() and p[0].sum() == 4 and not p[1].any()  # the event moved, nothing else
+    plain = Encoded(hidden, None)  # unweighted layers: the clip head reads `hidden`
+    clip = augment_clip_inputs(plain, mask, pick, torch.tensor([1, 2]), emergency,
+                               1.0, 0.0, 1)[0]  # fmt: skip
+    assert plain.hidden is hidden and not torch.equal(clip.hidden[0], hidden[0])
+
+
+def test_clip_event_paste_feeds_the_attention_head_pasted_windows_in_training_only(
+    demo_manifest, tmp_path
+):
+    """With `clip_event_paste` the attention head trains on emergency events in normal windows'
+    scenes (states it was never given as they are); validation reads the windows as cached."""
+    dm = AudioDataModule(demo_manifest, batch_size=4, num_workers=0)
+    module = cached_attention_module(tmp_path, lam=1.0, clip_event_paste=1.0)
+    seen = {"train": [], "val": []}
+    attend = module.model.attention_logits
+
+    def spy(encoded, mask):
+        seen["train" if module.training else "val"].append((encoded.states[0].clone(), mask))
+        return attend(encoded, mask)
+
+    module.model.attention_logits = spy
+    spied = {}
+    encode = module._encode
+
+    def keep(batch, *args, **kwargs):
+        out = encode(batch, *args, **kwargs)
+        spied.setdefault("train" if module.training else "val", []).append((out, batch))
+        return out
+
+    module._encode = keep
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    pasted = 0
+    for (states, _), (encoded, batch) in zip(seen["train"], spied["train"], strict=True):
+        is_em = module._emergency[batch["label"]]
+        for i in range(len(states)):
+            same = torch.equal(states[i], encoded.states[0][i])
+            assert same or is_em[i]  # normal windows are never changed
+            pasted += not same
+    assert pasted > 0
+    for states, mask in seen["val"]:  # read twice a batch: the clip loss, the readout
+        assert any(
+            torch.equal(states, e.states[0]) and torch.equal(mask, b["mask"])
+            for e, b in spied["val"]
+        )
+    with pytest.raises(ValueError, match="clip_event_paste"):
+        WhisperHeadModule(WhisperHeadModel(tiny_whisper(**ATTENTION)), clip_event_paste=2.0)

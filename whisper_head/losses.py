@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from whisper_head.model import IGNORE
+from whisper_head.model import IGNORE, Encoded
 
 
 def frame_weights(counts: Tensor, power: float) -> Tensor:
@@ -69,6 +69,76 @@ def mask_runs(mask: Tensor, keep: Tensor, share: float, run: int) -> Tensor:
             continue
         out[i] = row
     return out
+
+
+def paste_events(
+    states: tuple[Tensor, ...],
+    mask: Tensor,
+    pick: Tensor,
+    labels: Tensor,
+    emergency: Tensor,
+    share: float,
+    stride: int = 1,
+) -> tuple[tuple[Tensor, ...], Tensor, Tensor]:
+    """Event pasting, the attention clip head's augmentation in training: each emergency window
+    of the batch, with chance `share`, becomes its event (its `pick` timesteps, first to last)
+    written over a normal window of the same batch at a random place inside that window's valid
+    prefix, keeping its phase modulo `stride`: the same label and event in another scene.
+
+    `states` `(B, T, D)` each, valid timesteps `mask (B, T)`, event timesteps `pick (B, T)`, window
+    labels `(B,)`; returns new states, mask and pick (rows not pasted as they were). A batch with
+    no normal window, or an event longer than every background, is returned unchanged."""
+    if not 0 <= share <= 1 or stride < 1:
+        raise ValueError(
+            f"event pasting needs 0 <= share <= 1 and stride >= 1, got {share}, {stride}"
+        )
+    is_em = emergency.to(labels.device)[labels]
+    normal = (~is_em).nonzero()[:, 0]
+    if share == 0 or len(normal) == 0:
+        return states, mask, pick
+    out, mask_out, pick_out = [s.clone() for s in states], mask.clone(), pick.clone()
+    for i in is_em.nonzero()[:, 0].tolist():
+        steps = pick[i].nonzero()[:, 0]
+        if len(steps) == 0 or float(torch.rand(())) >= share:
+            continue
+        a, b = int(steps[0]), int(steps[-1]) + 1
+        j = int(normal[torch.randint(len(normal), ())])
+        slots = (int(mask[j].sum()) - (b - a) - a % stride) // stride + 1
+        if slots < 1:
+            continue
+        t = a % stride + stride * int(torch.randint(slots, ()))
+        for o, s in zip(out, states, strict=True):
+            o[i] = s[j]
+            o[i, t : t + b - a] = s[i, a:b]
+        mask_out[i] = mask[j]
+        pick_out[i] = False
+        pick_out[i, t : t + b - a] = pick[i, a:b]
+    return tuple(out), mask_out, pick_out
+
+
+def augment_clip_inputs(
+    encoded: Encoded,
+    mask: Tensor,
+    pick: Tensor,
+    labels: Tensor,
+    emergency: Tensor,
+    paste: float,
+    time_mask: float,
+    stride: int,
+) -> tuple[Encoded, Tensor, Tensor]:
+    """What the attention clip head reads in a training step: the head's states (`encoded.states`,
+    or `hidden` when the layers are not weighted) with events pasted (`paste_events`), then about
+    `time_mask` of the timesteps masked out in runs of 6 strided steps (`mask_runs`). The encoded
+    tuple returned is a copy; the decoder's `hidden` of `encoded` is never changed for it."""
+    weighted = encoded.states is not None
+    states = encoded.states if weighted else (encoded.hidden,)
+    if paste > 0:
+        states, mask, pick = paste_events(states, mask, pick, labels, emergency, paste, stride)
+    if time_mask > 0:
+        mask = mask_runs(mask, pick, time_mask, 6 * stride)
+        pick = pick & mask
+    clip = encoded._replace(states=states) if weighted else encoded._replace(hidden=states[0])
+    return clip, mask, pick
 
 
 def pooled_class_loss(logits: Tensor, targets: Tensor, labels: Tensor, emergency: Tensor) -> Tensor:

@@ -16,6 +16,7 @@ Encoder side (precision, feature cache): `encoding.EncoderFeatures`; evaluation:
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Literal
 
 import torch
@@ -36,10 +37,10 @@ from whisper_head.encoding import EncoderFeatures
 from whisper_head.evaluation import EvaluationSteps
 from whisper_head.judge import KeywordJudge, judgement_classes, judgement_tensors
 from whisper_head.losses import (
+    augment_clip_inputs,
     block_cross_entropy,
     event_pick,
     frame_weights,
-    mask_runs,
     pooled_class_loss,
     sample_frames,
     text_keep,
@@ -83,7 +84,9 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
     weights, this decay a step (`HeadAverage`; None: the raw weights). `clip_time_mask`: in
     training, the attention clip head sees each window with about this share of its timesteps
     masked out in runs of 6 of its steps (`losses.mask_runs`; never the whole event), and its
-    attention loss scores the event's unmasked timesteps.
+    attention loss scores the event's unmasked timesteps. `clip_event_paste`: in training, each
+    emergency window's event is, with this chance, pasted over a normal window of its batch for
+    the attention clip head (`losses.paste_events`: the same event in another scene).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -129,6 +132,7 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         head_schedule: Literal["constant", "cosine"] = "constant",
         head_average: float | None = None,
         clip_time_mask: float = 0.0,
+        clip_event_paste: float = 0.0,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -140,8 +144,9 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
             raise ValueError(f"bad lam {lam}, threshold {threshold}, smooth_steps {smooth_steps}")
         if min_event_s < 0 or (train_frames is not None and train_frames < 1):
             raise ValueError(f"bad min_event_s {min_event_s} or train_frames {train_frames}")
-        if not 0 <= clip_time_mask < 1:
-            raise ValueError(f"clip_time_mask must be in [0, 1), got {clip_time_mask}")
+        if not (0 <= clip_time_mask < 1 and 0 <= clip_event_paste <= 1):
+            raise ValueError(f"clip_time_mask {clip_time_mask} must be in [0, 1) and "
+                             f"clip_event_paste {clip_event_paste} in [0, 1]")  # fmt: skip
         if min(clip_loss, class_balance, attention_loss) < 0:
             raise ValueError(f"clip_loss {clip_loss}, class_balance {class_balance} and "
                              f"attention_loss {attention_loss} must be >= 0")  # fmt: skip
@@ -189,16 +194,13 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         when given, the backbone at the optimizer's own rate."""
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
         head = {n for n in trainable if not n.startswith("model.backbone.")}
-        groups = [{"params": [trainable[n] for n in sorted(head)]}]
-        if self.hparams.head_lr is not None:
-            groups[0]["lr"] = self.hparams.head_lr
+        lr = {} if self.hparams.head_lr is None else {"lr": self.hparams.head_lr}
+        groups = [{"params": [trainable[n] for n in sorted(head)], **lr}]
         rest = [p for n, p in trainable.items() if n not in head]
         if rest:
             groups.append({"params": rest})
-        if self.optimizer is not None:
-            optimizer = self.optimizer(groups)
-        else:
-            optimizer = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-2)
+        make = self.optimizer or partial(torch.optim.AdamW, lr=1e-4, weight_decay=1e-2)
+        optimizer = make(groups)
         if self.hparams.head_schedule == "constant":
             return optimizer
         steps = self.trainer.estimated_stepping_batches
@@ -272,13 +274,14 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         if self.hparams.clip_loss > 0 and self.model.attention_pool:
             # the whole window's class, and attention pulled towards the labelled event
             pick = event_pick(all_targets, batch["label"], self._emergency)
-            seen = batch["mask"]
-            if stage == "train" and self.hparams.clip_time_mask > 0:  # runs of 6 strided steps
-                run = 6 * self.model.config.clip_stride
-                seen = mask_runs(seen, pick, self.hparams.clip_time_mask, run)
-                pick = pick & seen
+            clip_in, seen = encoded, batch["mask"]
+            if stage == "train":  # event pasting and time masking, when set
+                clip_in, seen, pick = augment_clip_inputs(
+                    encoded, seen, pick, batch["label"], self._emergency,
+                    self.hparams.clip_event_paste, self.hparams.clip_time_mask,
+                    self.model.config.clip_stride)  # fmt: skip
             with self._autocast():
-                clip_logits, log_att = self.model.attention_logits(encoded, seen)
+                clip_logits, log_att = self.model.attention_logits(clip_in, seen)
             clip_loss = F.cross_entropy(clip_logits.float()[:, 1:], batch["label"] - 1)
             att_loss = attention_target_loss(log_att, pick, self.model.config.clip_stride)
             head_loss = frame_loss + self.hparams.clip_loss * clip_loss
@@ -350,16 +353,11 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
             p = probs[:, self._emergency[1:].to(probs.device)].sum(1)
             vote = p > self.hparams.threshold
             return p, vote, block_probs(logits, vote, self._emergency)
-        curve = self._emergency_curve(frame_probs, mask)
+        p_frames = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
+        curve = smoothed(p_frames, mask, self.hparams.smooth_steps)  # its peak: p_emergency
         p = curve.amax(1)
         vote = p > self.hparams.threshold
         return p, vote, self._class_probs(encoded, frame_probs, mask, vote, curve)
-
-    def _emergency_curve(self, frame_probs: Tensor, mask: Tensor) -> Tensor:
-        """Frame probabilities `(B, T, K + 1)` -> the smoothed emergency probability `(B, T)`;
-        its maximum is the window's `p_emergency`."""
-        p = frame_probs[..., list(self.taxonomy.emergency_ids)].sum(-1)  # (B, T)
-        return smoothed(p, mask, self.hparams.smooth_steps)
 
     def predict_step(self, batch: dict, batch_idx: int = 0) -> dict[str, MemberOutput]:
         """`whisper_head` and `keyword_judge` outputs of the same encoder pass."""
