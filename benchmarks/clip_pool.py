@@ -35,7 +35,7 @@ from whisper_head.attention import (
     strided_mean_layers,
 )
 from whisper_head.cache import FeatureCache, weights_digest
-from whisper_head.losses import event_pick, mask_runs
+from whisper_head.losses import event_pick, mask_runs, paste_events
 from whisper_head.model import IGNORE, WhisperHeadConfig, WhisperHeadModel
 
 STRIDE = 4  # AttentionClipHead's default: 80 ms steps
@@ -85,7 +85,7 @@ def extract(args) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
-def paste_events(x, m, pick, y, xt, mt, normal_rows, em, share):
+def paste_from_train(x, m, pick, y, xt, mt, normal_rows, em, share):
     """Each emergency window of the batch, with probability `share`, becomes its event's steps
     written over a random normal train window at a random place: the same label and event, another
     scene. `x (B, L, S, D)`, valid and event steps `(B, S)`; returns new x, m, pick."""
@@ -134,6 +134,13 @@ def main() -> None:
         "train window's normal background (a new scene for the same event)",
     )
     p.add_argument(
+        "--paste-from",
+        choices=["train", "batch"],
+        default="train",
+        help="backgrounds for --paste: any normal train window, or (as the module's "
+        "`clip_event_paste`, `losses.paste_events`) a normal window of the same batch",
+    )
+    p.add_argument(
         "--time-mask",
         type=float,
         default=0.0,
@@ -165,6 +172,8 @@ def main() -> None:
         else None
     )
     y_em = np.isin(yv, em)
+    em_cols = torch.zeros(20, dtype=torch.bool)
+    em_cols[torch.from_numpy(em)] = True
     normal_rows = np.flatnonzero(~np.isin(tr["label"], em))
     ema = (
         torch.optim.swa_utils.AveragedModel(
@@ -178,8 +187,12 @@ def main() -> None:
         head.train()
         for b in torch.randperm(len(xt)).split(args.batch):
             x, m, pick, y = xt[b].float(), mt[b], pt[b], yt[b]
-            if args.paste:
-                x, m, pick = paste_events(x, m, pick, y, xt, mt, normal_rows, em, args.paste)
+            if args.paste and args.paste_from == "batch":
+                layers = tuple(x.unbind(1))  # (B, S, D) each, strided already
+                layers, m, pick = paste_events(layers, m, pick, y, em_cols, args.paste)
+                x = torch.stack(layers, 1)
+            elif args.paste:
+                x, m, pick = paste_from_train(x, m, pick, y, xt, mt, normal_rows, em, args.paste)
             if args.time_mask:  # the module's `clip_time_mask`, in runs of 6 strided steps
                 m = mask_runs(m, pick, args.time_mask, 6)
                 pick = pick & m
