@@ -87,7 +87,8 @@ def paste_events(
 
     `states` `(B, T, D)` each, valid timesteps `mask (B, T)`, event timesteps `pick (B, T)`, window
     labels `(B,)`; returns new states, mask and pick (rows not pasted as they were). A batch with
-    no normal window, or an event longer than every background, is returned unchanged."""
+    no normal window is returned unchanged; so is a row whose drawn background's valid prefix is
+    shorter than its event."""
     if not 0 <= share <= 1 or stride < 1:
         raise ValueError(
             f"event pasting needs 0 <= share <= 1 and stride >= 1, got {share}, {stride}"
