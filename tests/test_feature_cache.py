@@ -137,6 +137,63 @@ def test_fit_from_the_cache(data, tmp_path):
     assert torch.equal(item["frame_labels"], train[0]["frame_labels"])
 
 
+def test_top_blocks_train_on_the_cache_below_them(data, tmp_path):
+    """`top_blocks`: the encoder's last block and final norm train (at `top_lr`) on the cached
+    states under them; the blocks below stay as cached, and after the fit the states rebuilt from
+    the cache are those the trained encoder gives on the waveform (float16's precision)."""
+    module = _module(tmp_path / "cache", freeze="encoder", lam=0.5, top_blocks=1, top_lr=1e-2)
+    assert not module.encoder_trainable and module.feature_cache() is not None
+    encoder = module.model.encoder
+    top, below = encoder.layers[-1], encoder.conv1
+    before = [p.detach().clone() for p in (*top.parameters(), *below.parameters())]
+    digests = weights_digest(encoder), weights_digest(encoder, module._top_names())
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False
+    )
+    trainer.fit(module, datamodule=data)
+    lrs = sorted(g["lr"] for g in trainer.optimizers[0].param_groups)
+    assert 1e-2 in lrs and len(lrs) == 3  # head, top blocks, decoder
+    n_top = len(list(top.parameters()))
+    after = [p.detach() for p in (*top.parameters(), *below.parameters())]
+    assert any(not torch.equal(a, b) for a, b in zip(before[:n_top], after[:n_top], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(before[n_top:], after[n_top:], strict=True))
+    # the cache's key is of the weights under the trained blocks: the same after the fit
+    assert weights_digest(encoder) != digests[0]
+    assert weights_digest(encoder, module._top_names()) == digests[1] != digests[0]
+    module.eval()
+    data.datasets["val"].read_audio = True  # the fit cached every window: the loaders stopped
+    batch = next(iter(data.val_dataloader()))
+    with torch.no_grad():
+        cached = module._encode(batch)
+        fresh = module._encode_wave(batch["wave"])
+    torch.testing.assert_close(cached.hidden.float(), fresh.hidden.float(), rtol=1e-2, atol=1e-2)
+
+
+def test_top_blocks_stay_after_top_epochs(data, tmp_path):
+    """With `top_epochs` 0 the blocks never train (the head still does)."""
+    module = _module(tmp_path / "cache", freeze="encoder", top_blocks=1, top_lr=1e-2, top_epochs=0)
+    top = [p.detach().clone() for p in module.model.encoder.layers[-1].parameters()]
+    head = [p.detach().clone() for p in module.model.head.parameters()]
+    trainer = quiet_trainer(
+        max_epochs=1, limit_train_batches=2, limit_val_batches=1, enable_checkpointing=False
+    )
+    trainer.fit(module, datamodule=data)
+    after = module.model.encoder.layers[-1].parameters()
+    assert all(torch.equal(a, b) for a, b in zip(top, after, strict=True))
+    moved = zip(head, module.model.head.parameters(), strict=True)
+    assert any(not torch.equal(a, b) for a, b in moved)
+
+
+def test_top_blocks_need_a_frozen_encoder_and_a_cached_state_under_them(tmp_path):
+    with pytest.raises(ValueError, match="top_blocks"):
+        _module(tmp_path, freeze="none", top_blocks=1)
+    with pytest.raises(ValueError, match="top_blocks"):
+        _module(tmp_path, freeze="encoder", top_blocks=5)
+    model = WhisperHeadModel(tiny_whisper(layer_weights=True, layers=[1]))  # caches layer 1 only
+    with pytest.raises(ValueError, match="not cached"):
+        model.recompute_top(torch.zeros(1, 1, 1500, 16), 1)
+
+
 def test_a_fit_that_builds_the_cache_trains_as_one_that_finds_it(demo_manifest, tmp_path):
     """Building the cache draws nothing from the global generator, so the second fit (every
     window cached) ends with the first's weights."""

@@ -7,6 +7,8 @@ epoch (and every later fit on the same weights) reads it back. An entry is named
 - the audio file's bytes (a changed file is a new entry, whatever its name or date),
 - the window: first sample and length,
 - the encoder's weights, the stored layers and the precision they were computed in (`tag`),
+  (with trained top blocks, `top_blocks`, the weights below them: the layers above are computed
+  again from the cached state under them, never read),
 
 so a stale entry is never read: it is simply not asked for any more. An entry is written to a
 temporary name and renamed into place, so a killed build leaves only whole entries and the next
@@ -56,10 +58,13 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
-def weights_digest(module: nn.Module) -> str:
-    """SHA-1 of a module's parameters and buffers (names, shapes, dtypes and bytes)."""
+def weights_digest(module: nn.Module, skip: Sequence[str] = ()) -> str:
+    """SHA-1 of a module's parameters and buffers (names, shapes, dtypes and bytes), but those
+    whose names start with one of `skip`."""
     h = hashlib.sha1()
     for name, t in sorted(module.state_dict().items()):
+        if name.startswith(tuple(skip)):
+            continue
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

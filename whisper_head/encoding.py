@@ -37,7 +37,35 @@ class EncoderFeatures:
 
     @property
     def encoder_trainable(self) -> bool:
-        return any(p.requires_grad for p in self.model.encoder.parameters())
+        """Whether a trained part of the encoder lies below what the cache holds (then no cache)."""
+        top = {id(p) for p in self._top_parameters()}
+        return any(p.requires_grad and id(p) not in top for p in self.model.encoder.parameters())
+
+    def _top_parameters(self) -> list:
+        """The encoder's last `top_blocks` blocks and final layer norm (none when 0)."""
+        n = self.hparams.get("top_blocks", 0)
+        encoder = self.model.encoder
+        return [*encoder.layers[-n:].parameters(), *encoder.layer_norm.parameters()] if n else []
+
+    def _top_names(self) -> tuple[str, ...]:
+        """The encoder's state-dict prefixes of `_top_parameters`: the cache is not of them."""
+        n, last = self.hparams.get("top_blocks", 0), len(self.model.encoder.layers)
+        return (*(f"layers.{i}." for i in range(last - n, last)), "layer_norm.") if n else ()
+
+    def _freeze(self, freeze: str) -> None:
+        """`freeze` (module doc); with `top_blocks`, those blocks of a frozen encoder train on the
+        cached states below them."""
+        backbone, n = self.model.backbone, self.hparams.get("top_blocks", 0)
+        if freeze == "encoder":
+            self.model.encoder.requires_grad_(False)
+        elif freeze == "all_but_head":
+            backbone.requires_grad_(False)
+        if n and (freeze != "encoder" or not 0 < n <= len(self.model.encoder.layers)):
+            raise ValueError(f"top_blocks {n} needs freeze: encoder and at most "
+                             f"{len(self.model.encoder.layers)} blocks, got freeze {freeze!r}")  # fmt: skip
+        for p in self._top_parameters():
+            p.requires_grad_(True)
+        backbone.model.encoder.embed_positions.requires_grad_(False)
 
     @property
     def _bf16_encoder(self) -> bool:
@@ -55,7 +83,7 @@ class EncoderFeatures:
     def _encode_wave(self, wave: Tensor) -> Encoded:
         """Waveform `(B, N)` -> `Encoded`; the one encoder forward of a batch."""
         mel = log_mel(wave)  # (B, 80, 3000)
-        grad = torch.is_grad_enabled() and self.encoder_trainable
+        grad = torch.is_grad_enabled() and (self.encoder_trainable or bool(self._top_parameters()))
         with torch.set_grad_enabled(grad), self._autocast():
             return self.model.encode(mel)
 
@@ -67,7 +95,7 @@ class EncoderFeatures:
         if self._cache is None:
             self._cache = FeatureCache(
                 self.hparams.feature_cache,
-                weights_digest(self.model.encoder),
+                weights_digest(self.model.encoder, self._top_names()),
                 self.model.cached_layers,
                 "bf16" if self._bf16_encoder else "fp32",
             )
@@ -90,22 +118,31 @@ class EncoderFeatures:
             return self._encode_wave(batch["wave"])
         n_samples = batch["mask"].shape[1] * SAMPLES_PER_TIMESTEP  # the window, padding included
         keys = cache.keys(batch["path"], batch["start_s"], n_samples)
+        top = self.hparams.get("top_blocks", 0)
         if all(k in cache for k in keys):
             # a clip head pools every timestep of the event: its statistics must be the ones
             # it sees at prediction, so it reads whole windows
             partial = self.model.config.layer_weights and not self.model.config.clip_head
-            if index is not None and partial:
+            if index is not None and partial and not top:
                 states = cache.load(keys, index).to(self.device)
                 last = cache.load(keys, layers=slice(-1, None))[:, 0] if hidden else None
                 last = None if last is None else last.to(self.device)
                 return self.model.from_cache(states, index, last)
-            return self.model.from_cache(cache.load(keys).to(self.device))
-        if batch["wave"].shape[1] != n_samples:
+            states = cache.load(keys).to(self.device)
+        elif batch["wave"].shape[1] != n_samples:
             raise RuntimeError(f"windows missing from the feature cache {cache.root}, no audio")
-        states = self._encode_for_cache(batch["wave"])
-        for k, st in zip(keys, states, strict=True):
-            if k not in cache:
-                cache.put(k, st)
+        else:
+            states = self._encode_for_cache(batch["wave"])
+            for k, st in zip(keys, states, strict=True):
+                if k not in cache:
+                    cache.put(k, st)
+        if top:  # the trained top blocks again, on the frozen ones' cached output (in bfloat16
+            # where the cache was computed in it, in training too: a block step costs 2x in fp32)
+            epochs = self.hparams.get("top_epochs")
+            train = epochs is None or self.current_epoch < epochs
+            bf16 = torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16_encoder)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and train), bf16:
+                states = self.model.recompute_top(states, top)
         return self.model.from_cache(states)
 
     def build_feature_cache(self, dataset, desc: str = "encoder features") -> int:

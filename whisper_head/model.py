@@ -196,6 +196,25 @@ class WhisperHeadModel(nn.Module):
             raise ValueError("timesteps are read from the cache for the layer mix only")
         return Encoded(hidden, head, index)
 
+    def recompute_top(self, states: Tensor, n: int) -> Tensor:
+        """Cached states `(B, S, T, D)` with the hidden states above `last - n` computed again by
+        the encoder's last `n` blocks (and its final layer norm) from the cached state `last - n`,
+        so that those blocks can train on a cache of the frozen ones below them."""
+        last = self.backbone.config.encoder_layers
+        if not 0 < n <= last or last - n not in self.cached_layers:
+            raise ValueError(f"top blocks {n}: hidden state {last - n} is not cached "
+                             f"(cached: {self.cached_layers})")  # fmt: skip
+        encoder = self.encoder
+        dtype = encoder.layer_norm.weight.dtype
+        h = states[:, self.cached_layers.index(last - n)].to(dtype)
+        computed = {}
+        for i in range(last - n, last):
+            h = encoder.layers[i](h, None)
+            computed[i + 1] = h
+        computed[last] = encoder.layer_norm(h)
+        layers = [computed.get(i, states[:, j]).to(dtype) for j, i in enumerate(self.cached_layers)]
+        return torch.stack(layers, dim=1)
+
     def frame_logits(self, encoded: Encoded, index: Tensor | None = None) -> Tensor:
         """`Encoded` -> logits `(B, 1500, K)`, column 0 = none; with `index (B, k)` only at those
         timesteps: `(B, k, K)`."""

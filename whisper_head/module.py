@@ -87,6 +87,9 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
     attention loss scores the event's unmasked timesteps. `clip_event_paste`: in training, each
     emergency window's event is, with this chance, pasted over a normal window of its batch for
     the attention clip head (`losses.paste_events`: the same event in another scene).
+    `top_blocks`: with `freeze` "encoder", the encoder's last blocks (and final norm) train too,
+    on the cached state below them (`WhisperHeadModel.recompute_top`), at `top_lr` (None: the
+    backbone's rate), in the first `top_epochs` epochs (None: all; then they stay as they are).
 
     Inference speed (no effect on training; an ensemble config may set them per run):
     `decoder` "ct2" decodes predictions with CTranslate2 (`ct2_compute_type`) on CPU (validation
@@ -133,6 +136,9 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         head_average: float | None = None,
         clip_time_mask: float = 0.0,
         clip_event_paste: float = 0.0,
+        top_blocks: int = 0,
+        top_lr: float | None = None,
+        top_epochs: int | None = None,
     ):
         super().__init__(model)
         self.save_hyperparameters(ignore=["model", "optimizer"])
@@ -181,24 +187,18 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         self.judge = KeywordJudge.from_yaml(keywords)
         self._init_metrics(K)
 
-    def _freeze(self, freeze: Freeze) -> None:
-        backbone = self.model.backbone
-        if freeze == "encoder":
-            self.model.encoder.requires_grad_(False)
-        elif freeze == "all_but_head":
-            backbone.requires_grad_(False)
-        backbone.model.encoder.embed_positions.requires_grad_(False)
-
     def configure_optimizers(self):
         """The optimizer over trainable parameters; the head (and layer weights) at `head_lr`
         when given, the backbone at the optimizer's own rate."""
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        h, groups = self.hparams, []
+        top = {id(p) for p in self._top_parameters()} if h.top_lr is not None else set()
         head = {n for n in trainable if not n.startswith("model.backbone.")}
-        lr = {} if self.hparams.head_lr is None else {"lr": self.hparams.head_lr}
-        groups = [{"params": [trainable[n] for n in sorted(head)], **lr}]
-        rest = [p for n, p in trainable.items() if n not in head]
-        if rest:
-            groups.append({"params": rest})
+        for params, lr in (([trainable[n] for n in sorted(head)], h.head_lr),
+                           ([p for p in trainable.values() if id(p) in top], h.top_lr),
+                           ([p for n, p in trainable.items() if n not in head and id(p) not in top], None)):  # fmt: skip
+            if params or not groups:
+                groups.append({"params": params} | ({} if lr is None else {"lr": lr}))
         make = self.optimizer or partial(torch.optim.AdamW, lr=1e-4, weight_decay=1e-2)
         optimizer = make(groups)
         if self.hparams.head_schedule == "constant":
