@@ -203,10 +203,13 @@ def test_whisper_head_yaml_instantiates_with_bundled_base(demo_manifest, tmp_pat
     assert module.model.backbone.config.d_model == 512 and module.model.config.layer_weights
     assert not module.encoder_trainable and module.languages == ("ko", "en")
     groups = module.configure_optimizers().param_groups
-    assert [g["lr"] for g in groups] == [1e-3, 1e-5]  # head, then the decoder
+    assert [g["lr"] for g in groups] == [1e-3, 1e-4, 1e-5]  # head, the last encoder block, decoder
     head = {id(p) for p in module.model.head.parameters()} | {id(module.model.layer_logits)}
     head |= {id(p) for p in module.model.clip_head.parameters()}
     assert {id(p) for p in groups[0]["params"]} == head
+    encoder = module.model.encoder
+    top = [*encoder.layers[-1].parameters(), *encoder.layer_norm.parameters()]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in top}
     assert cli.trainer.max_epochs == 4 and cli.datamodule.hparams.batch_size == 8
 
 
@@ -260,7 +263,7 @@ def test_demo_yaml_shrinks_each_member_config(member, demo_manifest, tmp_path):
     config = (CONFIGS.parent / entry["config"]).name
     args = [a.replace("{out}", str(tmp_path)) for a in entry["args"]]
     cli = lightning_cli(config, demo_manifest, tmp_path, "--trainer.logger=false", *args)
-    assert cli.trainer.max_epochs == {"whisper_head": 12, "cnn": 20, "anomaly": 1}[member]
+    assert cli.trainer.max_epochs == {"whisper_head": 8, "cnn": 20, "anomaly": 1}[member]
     if member == "whisper_head":  # heads and decoder from the encoder's cached features
         assert cli.model.hparams.lam == 0.5 and cli.model.hparams.freeze == "encoder"
         assert cli.model.model.config.source == "bundled:base"
