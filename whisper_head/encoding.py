@@ -47,6 +47,12 @@ class EncoderFeatures:
         encoder = self.model.encoder
         return [*encoder.layers[-n:].parameters(), *encoder.layer_norm.parameters()] if n else []
 
+    def _top_training(self) -> bool:
+        """Whether the top blocks train in this epoch (`top_blocks`, `top_epochs`)."""
+        epochs = self.hparams.get("top_epochs")
+        n = self.hparams.get("top_blocks", 0)
+        return bool(n) and (epochs is None or self.current_epoch < epochs)
+
     def _top_names(self) -> tuple[str, ...]:
         """The encoder's state-dict prefixes of `_top_parameters`: the cache is not of them."""
         n, last = self.hparams.get("top_blocks", 0), len(self.model.encoder.layers)
@@ -83,7 +89,7 @@ class EncoderFeatures:
     def _encode_wave(self, wave: Tensor) -> Encoded:
         """Waveform `(B, N)` -> `Encoded`; the one encoder forward of a batch."""
         mel = log_mel(wave)  # (B, 80, 3000)
-        grad = torch.is_grad_enabled() and (self.encoder_trainable or bool(self._top_parameters()))
+        grad = torch.is_grad_enabled() and (self.encoder_trainable or self._top_training())
         with torch.set_grad_enabled(grad), self._autocast():
             return self.model.encode(mel)
 
@@ -138,10 +144,8 @@ class EncoderFeatures:
                     cache.put(k, st)
         if top:  # the trained top blocks again, on the frozen ones' cached output (in bfloat16
             # where the cache was computed in it, in training too: a block step costs 2x in fp32)
-            epochs = self.hparams.get("top_epochs")
-            train = epochs is None or self.current_epoch < epochs
             bf16 = torch.autocast(self.device.type, torch.bfloat16, enabled=self._bf16_encoder)
-            with torch.set_grad_enabled(torch.is_grad_enabled() and train), bf16:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self._top_training()), bf16:
                 states = self.model.recompute_top(states, top)
         return self.model.from_cache(states)
 

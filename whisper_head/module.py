@@ -189,7 +189,7 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
 
     def configure_optimizers(self):
         """The optimizer over trainable parameters; the head (and layer weights) at `head_lr`
-        when given, the backbone at the optimizer's own rate."""
+        and the encoder's top blocks at `top_lr` when given, the rest at the optimizer's rate."""
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
         h, groups = self.hparams, []
         top = {id(p) for p in self._top_parameters()} if h.top_lr is not None else set()
