@@ -191,14 +191,17 @@ class WhisperHeadModule(HeadAverage, EncoderFeatures, EvaluationSteps, MemberMod
         """The optimizer over trainable parameters; the head (and layer weights) at `head_lr`
         and the encoder's top blocks at `top_lr` when given, the rest at the optimizer's rate."""
         trainable = {n: p for n, p in self.named_parameters() if p.requires_grad}
-        h, groups = self.hparams, []
-        top = {id(p) for p in self._top_parameters()} if h.top_lr is not None else set()
+        h = self.hparams
         head = {n for n in trainable if not n.startswith("model.backbone.")}
-        for params, lr in (([trainable[n] for n in sorted(head)], h.head_lr),
-                           ([p for p in trainable.values() if id(p) in top], h.top_lr),
-                           ([p for n, p in trainable.items() if n not in head and id(p) not in top], None)):  # fmt: skip
-            if params or not groups:
-                groups.append({"params": params} | ({} if lr is None else {"lr": lr}))
+        groups = [{"params": [trainable[n] for n in sorted(head)]}]
+        if h.head_lr is not None:
+            groups[0]["lr"] = h.head_lr
+        top = self._top_parameters() if h.top_lr is not None else []
+        if top:
+            groups.append({"params": top, "lr": h.top_lr})
+        rest = [p for n, p in trainable.items() if n not in head and all(p is not t for t in top)]
+        if rest:
+            groups.append({"params": rest})
         make = self.optimizer or partial(torch.optim.AdamW, lr=1e-4, weight_decay=1e-2)
         optimizer = make(groups)
         if self.hparams.head_schedule == "constant":
