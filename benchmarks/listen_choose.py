@@ -1,20 +1,23 @@
 """Choose `listen --confirm` and `--min-score` on validation streams, from recorded hops.
 
-Reads two runs of `benchmarks/listen_latency.py` on the val split, an `events` run and an `hour`
-run of val normal clips, replays the alert gate on their recorded hops for every --confirm and
---min-score (exact: the hops depend on neither), and chooses the setting that alerts the most val
-events among those with no false alert on all the val normal audio (ties: fewer confirming hops,
-then the lower bar). Writes the table and the choice to benchmarks/RESULTS.md.
+Reads runs of `benchmarks/listen_latency.py` on validation audio: `events` runs and `hour` runs
+of normal clips (several of each: val's own, and those of a fresh draw of the demo data,
+`benchmarks/fresh_draw.py`), replays the alert gate on their recorded hops for every --confirm
+(1-5) and --min-score (exact: the hops depend on neither), and chooses the setting that alerts
+the most events among those with no false alert on all the normal audio (ties: fewer confirming
+hops, then the lower bar). Writes the table and the choice to benchmarks/RESULTS.md.
 
-    python benchmarks/listen_choose.py --events-run runs/bench_listen_val/events-val-w10-c1 \\
-        --normal-run runs/bench_listen_val/hour-normal-val-w10-c1
+    python benchmarks/listen_choose.py \\
+        --events-run runs/bench_listen_val/events-val-w10-c1 runs/fresh/events-fresh-w10-c1 \\
+        --normal-run runs/bench_listen_val/hour-normal-val-w10-c1 runs/fresh/hour-normal-fresh-w10-c1
 
 `--config C` first revotes the recorded hops under another ensemble config with the same members
 or fewer (each hop row holds every member's outputs), as `listen --config C` would have voted
-them; `--name` names the section. Runs on the test split give that config's test figures.
+them; `--name` names the section. Runs on the test split (or the held-out one) give that config's
+test figures and choose nothing.
 
 `--hop-fpr F [F ...]` also tries member thresholds set on the hops: each member votes where its p
-exceeds the (1 - F) quantile of its p over the normal run's hops (where it has an opinion), so it
+exceeds the (1 - F) quantile of its p over the normal runs' hops (where it has an opinion), so it
 calls about F of the normal 10 s hops emergency (the file-level calibration sets 5 % on files,
 which is not 5 % of hops). The setting (F, --confirm, --min-score) is chosen as above, and
 `--write-config PATH` writes the config with the chosen thresholds for `listen --config PATH`.
@@ -33,7 +36,7 @@ import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from listen_latency import SETTINGS, cell, events_stream, normal_stream, replay, score_events
+from listen_latency import cell, events_stream, normal_stream, replay, score_events
 from speed import write_section
 
 
@@ -150,10 +153,57 @@ def load_vote_rule(config) -> str:
     return load_config(config).vote.rule
 
 
+CONFIRMS = (1, 2, 3, 4, 5)  # --confirm values tried: 5 hops of 2 s still catch a 3 s event
+MIN_SCORES = (None, 0.8, 0.9, 0.95, 0.98, 0.99)  # --min-score values tried
+
+
+def load_runs(runs: list[Path]) -> list[tuple[dict, list[dict], list[dict]]]:
+    return [load(run) for run in runs]
+
+
+def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> dict:
+    """One setting replayed on every run: events alerted (pooled over the event runs), false
+    alerts (between events and in the normal runs) and the median latency in stream time."""
+    events, latency, false, at_join, normal_s = [], [], 0, 0, 0.0
+    for _, parts, hops in ev_runs:
+        s = score_events(parts, replay(hops, k, cooldown, 0.0, m), window)
+        events += s["events"]
+        latency += [e["latency_s"] for e in s["events"] if e["latency_s"] is not None]
+        false, normal_s = false + s["false_alerts"], normal_s + s["normal_s"]
+    for result, parts, hops in no_runs:
+        alerts = replay(hops, k, cooldown, 0.0, m)
+        false, at_join = false + len(alerts), at_join + at_joins(alerts, parts, window)
+        normal_s += result["summary"]["stream_s"]
+    n = len(events)
+    return {
+        "confirm": k,
+        "min_score": m,
+        "events_alerted": f"{sum(e['alerted'] for e in events)} / {n}",
+        "right_class": f"{sum(e['right_class'] for e in events)} / {n}",
+        "false_alerts": false,
+        "false_per_hour": false / (normal_s / 3600),
+        "normal_run_at_joins": at_join,
+        "stream_latency_median_s": float(np.median(latency)) if latency else None,
+        "_alerted": sum(e["alerted"] for e in events),
+        "_normal_min": normal_s / 60,
+    }
+
+
+def choose(rows: list[dict]) -> tuple[dict, bool]:
+    """The setting that alerts the most events among those with no false alert (ties: fewer
+    confirming hops, then the lower bar); when none is clean, the fewest false alerts first."""
+    clean = [r for r in rows if r["false_alerts"] == 0]
+    best = max(
+        clean or rows,
+        key=lambda r: (-r["false_alerts"], r["_alerted"], -r["confirm"], -(r["min_score"] or 0)),
+    )
+    return best, bool(clean)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--events-run", type=Path, required=True)
-    parser.add_argument("--normal-run", type=Path, required=True)
+    parser.add_argument("--events-run", type=Path, nargs="+", required=True)
+    parser.add_argument("--normal-run", type=Path, nargs="+", required=True)
     parser.add_argument("--cooldown", type=float, default=10.0, help="replayed with every setting")
     parser.add_argument("--config", type=Path, default=None, help="revote the hops under this")
     parser.add_argument("--name", default="val", help="the section: listen-choose-NAME")
@@ -169,73 +219,51 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     args = parser.parse_args()
-    ev_result, ev_parts, ev_hops = load(args.events_run)
-    no_result, no_parts, no_hops = load(args.normal_run)
-    config = args.config or Path(ev_result["options"]["config"])
-    window = float(ev_result["options"]["window"])
-    cooldown = args.cooldown
-    normal_h = no_result["summary"]["stream_s"] / 3600
+    ev_runs, no_runs = load_runs(args.events_run), load_runs(args.normal_run)
+    first = ev_runs[0][0]
+    config = args.config or Path(first["options"]["config"])
+    window = float(first["options"]["window"])
+    splits = sorted({r["options"]["split"] for r, _, _ in ev_runs})
+    all_normal = [h for _, _, hops in no_runs for h in hops]
     rows, chosen_thresholds = [], {}
     for fpr in (None, *args.hop_fpr):
-        thresholds = None if fpr is None else hop_thresholds(no_hops, config, fpr)
+        thresholds = None if fpr is None else hop_thresholds(all_normal, config, fpr)
         chosen_thresholds[fpr] = thresholds
         if args.config is None and thresholds is None:
-            ev, no = ev_hops, no_hops
+            ev, no = ev_runs, no_runs
         else:
             ev, no = (
-                revote_with(ev_hops, config, thresholds),
-                revote_with(no_hops, config, thresholds),
+                [(r, p, revote_with(h, config, thresholds)) for r, p, h in runs]
+                for runs in (ev_runs, no_runs)
             )
-        for k, m in SETTINGS:
-            s = score_events(ev_parts, replay(ev, k, cooldown, 0.0, m), window)
-            normal_alerts = replay(no, k, cooldown, 0.0, m)
-            false = s["false_alerts"] + len(normal_alerts)
-            hours = normal_h + s["normal_s"] / 3600  # all the normal audio
-            rows.append(
-                {
-                    **({"hop_fpr": fpr} if args.hop_fpr else {}),
-                    "confirm": k,
-                    "min_score": m,
-                    "events_alerted": s["alerted"][0],
-                    "right_class": s["right_class"][0],
-                    "false_alerts": false,
-                    "false_per_hour": false / hours,
-                    "normal_run_at_joins": f"{at_joins(normal_alerts, no_parts, window)} / "
-                    f"{len(normal_alerts)}",
-                    "stream_latency_median_s": s["latency_median_s"],
-                }
-            )
-    clean = [r for r in rows if r["false_alerts"] == 0]
-    best = max(  # none clean: the fewest false alerts first
-        clean or rows,
-        key=lambda r: (
-            -r["false_alerts"],
-            r["events_alerted"],
-            -r["confirm"],
-            -(r["min_score"] or 0),
-        ),
-    )
-    minutes = 60 * hours
-    split = ev_result["options"]["split"]
+        for m in MIN_SCORES:
+            for k in CONFIRMS:
+                row = setting_row(ev, no, k, m, args.cooldown, window)
+                rows.append({**({"hop_fpr": fpr} if args.hop_fpr else {}), **row})
+    best, clean = choose(rows)
+    n_events = sum(r["n_events"] for r, _, _ in ev_runs)
     hop_col = "hop FPR of each member | " if args.hop_fpr else ""
+    runs = ", ".join(str(r) for r in (*args.events_run, *args.normal_run))
     text = (
-        f"### Listening: --confirm and --min-score on {split} ({ev_result['n_events']} {split} "
-        f"events; {minutes:.0f} min of normal audio; `--window {window:g} --cooldown "
-        f"{cooldown:g}`; {config})\n\n"
+        f"### Listening: --confirm and --min-score on {'+'.join(splits)} ({n_events} events; "
+        f"{rows[0]['_normal_min']:.0f} min of normal audio; `--window {window:g} --cooldown "
+        f"{args.cooldown:g}`; {config})\n\nRuns: {runs}\n\n"
         f"| {hop_col}--confirm | --min-score | events alerted | right class | false alerts | "
-        "per hour | of the normal run's, at a clip join | median latency in stream s |\n"
+        "per hour | of the normal runs', at a clip join | median latency in stream s |\n"
         f"|{' ---: |' * (8 + bool(args.hop_fpr))}\n"
     )
     for r in rows:
-        text += "| " + " | ".join(cell(v) for v in r.values()) + " |\n"
+        shown = [v for key, v in r.items() if not key.startswith("_")]
+        text += "| " + " | ".join(cell(v) for v in shown) + " |\n"
     text += (
         "\nAt a clip join: the alerting hop's window holds the join of two clips of the normal "
         "stream (a background, level or voice changing from one sample to the next).\n"
     )
-    text += (
-        f"\nThe normal run's hops as recorded ({no_result['options']['config']}), "
-        "with a full window:\n\n" + join_rates(no_hops, no_parts, window)
-    )
+    for (result, parts, hops), run in zip(no_runs, args.normal_run, strict=True):
+        text += (
+            f"\n{run}'s hops as recorded ({result['options']['config']}), with a full window:\n\n"
+            + join_rates(hops, parts, window)
+        )
     if args.hop_fpr:
         text += "Hop FPR empty: the config's own thresholds (set on val files).\n"
     rule = (
@@ -248,7 +276,7 @@ def main() -> None:
             "The config votes with `stack`, on its own threshold: member thresholds (the hop "
             "FPR rows) change no vote; --min-score, on the stack's probability, is the knob.\n"
         )
-    if split == "val":  # never chosen on test
+    if "test" not in splits and "holdout" not in splits:  # never chosen on test
         fpr = best.get("hop_fpr")
         hop = f"member thresholds at {fpr} of the normal hops, " if fpr else ""
         text += (

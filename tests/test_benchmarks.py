@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import anomaly_densities
 import numpy as np
+import pandas as pd
 import speed
 import speed_steps
 from sklearn.metrics import roc_auc_score
@@ -140,6 +141,93 @@ def test_join_rates_tell_hops_at_a_clip_join_from_the_others():
     rows = listen_choose.join_rates(hops, parts, 10.0).splitlines()[2:]
     assert rows[0] == "| cnn votes emergency | 0.50 of 2 | 0.50 of 2 |"  # 34 s: no opinion
     assert rows[1] == "| ensemble votes emergency | 1.00 of 2 | 0.00 of 3 |"
+
+
+def test_settings_pool_every_run_and_the_choice_prefers_clean_then_events():
+    import listen_choose
+
+    def hop(t, emergency, score=0.9):
+        return {"end_s": t, "emergency": emergency, "score": score, "class": "fire"}
+
+    # one event (its clip 20-40 s, onset 25 s) voted for 3 hops; one normal run with a 1-hop blip
+    event = {"emergency": True, "label": "fire", "clip_start": 20.0, "end": 40.0, "onset": 25.0}
+    parts = [{"emergency": False, "clip_start": 0.0, "clip_end": 20.0}, event]
+    ev_hops = [hop(t, 26 <= t <= 30) for t in range(2, 42, 2)]
+    no_parts = [{"clip_start": 0.0}, {"clip_start": 30.0}]
+    no_hops = [hop(t, t == 34, score=0.85) for t in range(2, 62, 2)]
+    ev_run = ({"n_events": 1}, [dict(p, clip_end=p.get("clip_end", 40.0)) for p in parts], ev_hops)
+    no_run = ({"summary": {"stream_s": 60.0}}, no_parts, no_hops)
+    rows = [
+        listen_choose.setting_row([ev_run, ev_run], [no_run], k, m, 10.0, 10.0)
+        for m in (None, 0.9) for k in (1, 2, 4)
+    ]  # fmt: skip
+    by = {(r["confirm"], r["min_score"]): r for r in rows}
+    assert by[1, None]["events_alerted"] == "2 / 2" and by[1, None]["false_alerts"] == 1
+    assert by[1, None]["normal_run_at_joins"] == 1  # the blip's window holds the join at 30 s
+    assert by[2, None]["false_alerts"] == 0 and by[4, None]["events_alerted"] == "0 / 2"
+    assert by[1, None]["_normal_min"] == pytest.approx((2 * 20 + 60) / 60)
+    best, clean = listen_choose.choose(rows)
+    assert clean and (best["confirm"], best["min_score"]) == (1, 0.9)  # the bar stops the blip
+    best, clean = listen_choose.choose([by[1, None]])
+    assert not clean and best is by[1, None]
+
+
+def test_a_hop_stack_labels_hops_by_event_overlap_and_is_written_as_a_listen_config(
+    ensemble_config,
+):
+    import listen_stack
+
+    from ensemble.config import load_config
+    from ensemble.vote import Stack
+
+    parts = [{"emergency": False}, {"emergency": True, "onset": 30.0, "end": 33.0}]
+    hops = [{"end_s": t} for t in (28.0, 30.5, 32.0, 42.0, 42.5, 50.0)]
+    labels = listen_stack.hop_labels(parts, hops, 10.0, min_overlap=1.0)
+    assert labels.tolist() == [0, -1, 1, 1, -1, 0]  # 0.5 s of the event: left out
+
+    names = list(load_config(ensemble_config).names)
+    rng = np.random.default_rng(0)
+    y = rng.random(400) < 0.3
+    rows = [
+        {f"p_{n}": float(np.clip(0.5 + (0.3 if e else -0.3) + rng.normal(0, 0.2), 0, 1))
+         for n in names} | {f"opinion_{names[1]}": bool(i % 3)}
+        for i, e in enumerate(y)
+    ]  # fmt: skip
+    x = listen_stack.features(rows, names)
+    assert (
+        x.shape == (400, 2 * len(names))
+        and (x[:, 1][~x[:, len(names) + 1].astype(bool)] != 0).all()
+    )
+    lr, scores = listen_stack.fit(x, y.astype(int), np.arange(400) // 40)
+    assert set(scores) == set(listen_stack.C_GRID) and (lr.coef_[0][: len(names)] > 0).all()
+    out = ensemble_config.with_name("ensemble.hops.yaml")
+    listen_stack.write_config(ensemble_config, lr, names, out, "a test")
+    vote = load_config(out).vote
+    assert vote.rule == "stack" and vote.tau == 0.5 and isinstance(vote.stack, Stack)
+    p = np.array([[r[f"p_{n}"] for r in rows] for n in names])
+    o = np.array([[r.get(f"opinion_{n}", True) for r in rows] for n in names])
+    assert vote.stack.score(p, o) == pytest.approx(lr.predict_proba(x)[:, 1], abs=1e-4)
+    with pytest.raises(ValueError, match="beside"):
+        listen_stack.write_config(ensemble_config, lr, names, out.parent / "x" / "y.yaml", "")
+
+
+def test_a_fresh_draw_keeps_only_unheard_sentences_and_no_held_out_source():
+    import fresh_draw
+
+    reference = pd.DataFrame(
+        {
+            "transcript": ["val only", "both", "both", "train only", None],
+            "split": ["val", "val", "train", "train", "val"],
+        }
+    )
+    draw = pd.DataFrame(
+        {
+            "transcript": ["val only", "both", "train only", "", None, "val only"],
+            "origin": ["espeak-ng"] * 3 + ["ufoai-sound", "lugaru-data", "festival;ufoai-sound"],
+        }
+    )
+    keep = fresh_draw.fresh_rows(draw, reference).tolist()
+    assert keep == [True, False, False, True, True, False]
 
 
 def test_transcripts_of_a_split_from_the_cache(member_checkpoints, demo_manifest, tmp_path):
