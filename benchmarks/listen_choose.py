@@ -100,6 +100,13 @@ def at_joins(alerts: list[dict], parts: list[dict], window_s: float) -> int:
                for a in alerts)  # fmt: skip
 
 
+def alert_splits(alerts: list[dict], parts: list[dict]) -> list[str]:
+    """The split of the clip that holds each alert's newest audio."""
+    starts = np.array([p["clip_start"] for p in parts])
+    idx = np.searchsorted(starts, [a["stream_s"] for a in alerts], side="left") - 1
+    return [str(parts[max(i, 0)].get("split", "?")) for i in idx]
+
+
 def join_rates(hops: list[dict], parts: list[dict], window_s: float) -> str:
     """A table: of the full-window hops of a normal run, the share each member (its own vote,
     where it has an opinion) and the ensemble voted emergency, where the window holds a clip join
@@ -164,7 +171,7 @@ def load_runs(runs: list[Path]) -> list[tuple[dict, list[dict], list[dict]]]:
 def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> dict:
     """One setting replayed on every run: events alerted (pooled over the event runs), false
     alerts (between events and in the normal runs) and the median latency in stream time."""
-    events, latency, false, at_join, normal_s = [], [], 0, 0, 0.0
+    events, latency, false, at_join, normal_s, by_split = [], [], 0, 0, 0.0, {}
     for _, parts, hops in ev_runs:
         s = score_events(parts, replay(hops, k, cooldown, 0.0, m), window)
         events += s["events"]
@@ -173,6 +180,8 @@ def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> 
     for result, parts, hops in no_runs:
         alerts = replay(hops, k, cooldown, 0.0, m)
         false, at_join = false + len(alerts), at_join + at_joins(alerts, parts, window)
+        for split in alert_splits(alerts, parts):
+            by_split[split] = by_split.get(split, 0) + 1
         normal_s += result["summary"]["stream_s"]
     n = len(events)
     return {
@@ -183,6 +192,7 @@ def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> 
         "false_alerts": false,
         "false_per_hour": false / (normal_s / 3600),
         "normal_run_at_joins": at_join,
+        "normal_run_by_split": ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())) or "-",
         "stream_latency_median_s": float(np.median(latency)) if latency else None,
         "_alerted": sum(e["alerted"] for e in events),
         "_normal_min": normal_s / 60,
@@ -249,8 +259,9 @@ def main() -> None:
         f"{rows[0]['_normal_min']:.0f} min of normal audio; `--window {window:g} --cooldown "
         f"{args.cooldown:g}`; {config})\n\nRuns: {runs}\n\n"
         f"| {hop_col}--confirm | --min-score | events alerted | right class | false alerts | "
-        "per hour | of the normal runs', at a clip join | median latency in stream s |\n"
-        f"|{' ---: |' * (8 + bool(args.hop_fpr))}\n"
+        "per hour | of the normal runs', at a clip join | of the normal runs', by split | "
+        "median latency in stream s |\n"
+        f"|{' ---: |' * (9 + bool(args.hop_fpr))}\n"
     )
     for r in rows:
         shown = [v for key, v in r.items() if not key.startswith("_")]

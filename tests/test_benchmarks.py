@@ -153,7 +153,7 @@ def test_settings_pool_every_run_and_the_choice_prefers_clean_then_events():
     event = {"emergency": True, "label": "fire", "clip_start": 20.0, "end": 40.0, "onset": 25.0}
     parts = [{"emergency": False, "clip_start": 0.0, "clip_end": 20.0}, event]
     ev_hops = [hop(t, 26 <= t <= 30) for t in range(2, 42, 2)]
-    no_parts = [{"clip_start": 0.0}, {"clip_start": 30.0}]
+    no_parts = [{"clip_start": 0.0, "split": "test"}, {"clip_start": 30.0, "split": "holdout"}]
     no_hops = [hop(t, t == 34, score=0.85) for t in range(2, 62, 2)]
     ev_run = ({"n_events": 1}, [dict(p, clip_end=p.get("clip_end", 40.0)) for p in parts], ev_hops)
     no_run = ({"summary": {"stream_s": 60.0}}, no_parts, no_hops)
@@ -164,6 +164,10 @@ def test_settings_pool_every_run_and_the_choice_prefers_clean_then_events():
     by = {(r["confirm"], r["min_score"]): r for r in rows}
     assert by[1, None]["events_alerted"] == "2 / 2" and by[1, None]["false_alerts"] == 1
     assert by[1, None]["normal_run_at_joins"] == 1  # the blip's window holds the join at 30 s
+    assert (
+        by[1, None]["normal_run_by_split"] == "holdout 1"
+        and by[2, None]["normal_run_by_split"] == "-"
+    )
     assert by[2, None]["false_alerts"] == 0 and by[4, None]["events_alerted"] == "0 / 2"
     assert by[1, None]["_normal_min"] == pytest.approx((2 * 20 + 60) / 60)
     best, clean = listen_choose.choose(rows)
@@ -209,6 +213,20 @@ def test_a_hop_stack_labels_hops_by_event_overlap_and_is_written_as_a_listen_con
     assert vote.stack.score(p, o) == pytest.approx(lr.predict_proba(x)[:, 1], abs=1e-4)
     with pytest.raises(ValueError, match="beside"):
         listen_stack.write_config(ensemble_config, lr, names, out.parent / "x" / "y.yaml", "")
+
+
+def test_a_stream_says_how_much_of_it_is_distinct_audio():
+    import listen_latency
+
+    parts = [
+        {"file": f, "clip_start": a, "clip_end": b}
+        for f, a, b in (("a", 0, 30), ("b", 30, 45), ("a", 45, 75), ("c", 75, 87))
+    ]
+    assert listen_latency.unique_audio(parts) == {
+        "clips": 4,
+        "unique_clips": 3,
+        "unique_min": pytest.approx(57 / 60),
+    }
 
 
 def test_a_fresh_draw_keeps_only_unheard_sentences_and_no_held_out_source():
