@@ -86,6 +86,7 @@ def write_config(base: Path, thresholds: dict[str, float], setting: dict, path: 
         f"# {base.name} with member thresholds set on val hops (benchmarks/listen_choose.py):\n"
         f"#   emergency-ensemble listen SOURCE --config {path.name} --confirm {setting['confirm']}"
         + (f" --min-score {setting['min_score']}" if setting["min_score"] else "")
+        + (f" --window {setting['window']:g}" if setting.get("window", 10.0) != 10.0 else "")
         + "\n"
     )
     text = yaml.safe_dump(raw, allow_unicode=True, sort_keys=False)
@@ -233,6 +234,9 @@ def main() -> None:
     first = ev_runs[0][0]
     config = args.config or Path(first["options"]["config"])
     window = float(first["options"]["window"])
+    windows = {float(r["options"]["window"]) for r, _, _ in (*ev_runs, *no_runs)}
+    if len(windows) > 1:
+        parser.error(f"the runs were listened to with different --window: {sorted(windows)}")
     splits = sorted({r["options"]["split"] for r, _, _ in ev_runs})
     all_normal = [h for _, _, hops in no_runs for h in hops]
     rows, chosen_thresholds = [], {}
@@ -300,7 +304,7 @@ def main() -> None:
                 from ensemble.config import load_config
 
                 thresholds = {m.name: m.threshold for m in load_config(config).members}
-            write_config(Path(config), thresholds, best, args.write_config)
+            write_config(Path(config), thresholds, {**best, "window": window}, args.write_config)
             text += f"Written: {args.write_config}\n"
     print(text)
     write_section(args.results, f"listen-choose-{args.name}", text)

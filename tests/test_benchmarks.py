@@ -123,7 +123,11 @@ def test_hop_thresholds_set_each_members_false_positive_rate_and_are_written(ens
     listen_choose.write_config(ensemble_config, t, {"confirm": 2, "min_score": None}, out)
     written = load_config(out)
     assert {m.name: m.threshold for m in written.members} == pytest.approx(t, abs=1e-6)
-    assert "--confirm 2" in out.read_text().splitlines()[1]
+    assert out.read_text().splitlines()[1].endswith("--confirm 2")  # the default --window: unsaid
+    listen_choose.write_config(
+        ensemble_config, t, {"confirm": 4, "min_score": 0.9, "window": 20.0}, out
+    )
+    assert out.read_text().splitlines()[1].endswith("--confirm 4 --min-score 0.9 --window 20")
     with pytest.raises(ValueError, match="beside"):
         listen_choose.write_config(ensemble_config, t, {"confirm": 2, "min_score": None},
                                    out.parent / "elsewhere" / "x.yaml")  # fmt: skip
