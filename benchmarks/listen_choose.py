@@ -13,8 +13,8 @@ hops, then the lower bar). Writes the table and the choice to benchmarks/RESULTS
 
 `--config C` first revotes the recorded hops under another ensemble config with the same members
 or fewer (each hop row holds every member's outputs), as `listen --config C` would have voted
-them; `--name` names the section. Runs on the test split (or the held-out one) give that config's
-test figures and choose nothing.
+them; `--name` names the section. Runs on the test split (or the held-out one), or any runs with
+`--test` (a fresh draw kept for testing), give that config's test figures and choose nothing.
 
 `--hop-fpr F [F ...]` also tries member thresholds set on the hops: each member votes where its p
 exceeds the (1 - F) quantile of its p over the normal runs' hops (where it has an opinion), so it
@@ -193,7 +193,7 @@ def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> 
         "false_alerts": false,
         "false_per_hour": false / (normal_s / 3600),
         "normal_run_at_joins": at_join,
-        "normal_run_by_split": ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())) or "-",
+        "normal_run_by_split": ", ".join(f"{s} {n}" for s, n in sorted(by_split.items())) or "-",
         "stream_latency_median_s": float(np.median(latency)) if latency else None,
         "_alerted": sum(e["alerted"] for e in events),
         "_normal_min": normal_s / 60,
@@ -228,6 +228,11 @@ def main() -> None:
     parser.add_argument(
         "--write-config", type=Path, default=None, help="val: the chosen config, for listen"
     )
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="the runs are a test (e.g. a fresh draw): choose nothing",
+    )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     args = parser.parse_args()
     ev_runs, no_runs = load_runs(args.events_run), load_runs(args.normal_run)
@@ -238,6 +243,10 @@ def main() -> None:
     if len(windows) > 1:
         parser.error(f"the runs were listened to with different --window: {sorted(windows)}")
     splits = sorted({r["options"]["split"] for r, _, _ in ev_runs})
+    normal_splits = {x for r, _, _ in no_runs for x in r["options"]["splits"].split(",")}
+    test = args.test or bool({"test", "holdout"} & (set(splits) | normal_splits))
+    if test and args.write_config:
+        parser.error("--write-config chooses a setting: not on test runs")
     all_normal = [h for _, _, hops in no_runs for h in hops]
     rows, chosen_thresholds = [], {}
     for fpr in (None, *args.hop_fpr):
@@ -291,7 +300,7 @@ def main() -> None:
             "The config votes with `stack`, on its own threshold: member thresholds (the hop "
             "FPR rows) change no vote; --min-score, on the stack's probability, is the knob.\n"
         )
-    if "test" not in splits and "holdout" not in splits:  # never chosen on test
+    if not test:  # never chosen on test
         fpr = best.get("hop_fpr")
         hop = f"member thresholds at {fpr} of the normal hops, " if fpr else ""
         text += (
