@@ -165,10 +165,6 @@ CONFIRMS = (1, 2, 3, 4, 5)  # --confirm values tried: 5 hops of 2 s still catch 
 MIN_SCORES = (None, 0.8, 0.9, 0.95, 0.98, 0.99)  # --min-score values tried
 
 
-def load_runs(runs: list[Path]) -> list[tuple[dict, list[dict], list[dict]]]:
-    return [load(run) for run in runs]
-
-
 def setting_row(ev_runs, no_runs, k: int, m, cooldown: float, window: float) -> dict:
     """One setting replayed on every run: events alerted (pooled over the event runs), false
     alerts (between events and in the normal runs) and the median latency in stream time."""
@@ -235,7 +231,7 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=Path("benchmarks/RESULTS.md"))
     args = parser.parse_args()
-    ev_runs, no_runs = load_runs(args.events_run), load_runs(args.normal_run)
+    ev_runs, no_runs = [load(r) for r in args.events_run], [load(r) for r in args.normal_run]
     first = ev_runs[0][0]
     config = args.config or Path(first["options"]["config"])
     window = float(first["options"]["window"])

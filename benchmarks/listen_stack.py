@@ -53,11 +53,11 @@ def hop_labels(parts: list[dict], hops: list[dict], window_s: float, min_overlap
 def features(hops: list[dict], names: list[str]) -> np.ndarray:
     """`(B, 2M)`: each member's logit p (0 where it has no opinion), then its abstention, as
     `ensemble.vote.Stack.score` reads them."""
-    from ensemble.vote import logit
+    from ensemble.vote import stack_inputs
 
     p = np.array([[h[f"p_{n}"] or 0.0 for h in hops] for n in names], dtype=np.float64)
     o = np.array([[bool(h.get(f"opinion_{n}", True)) for h in hops] for n in names])
-    return np.concatenate([np.where(o, logit(p), 0.0), (~o).astype(float)]).T
+    return stack_inputs(p, o).T
 
 
 def fit(x: np.ndarray, y: np.ndarray, groups: np.ndarray) -> tuple[LogisticRegression, dict]:

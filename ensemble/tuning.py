@@ -23,7 +23,7 @@ from ensemble.config import EnsembleConfig
 from ensemble.core.labels import Taxonomy
 from ensemble.revote import Run, balanced, figures, revote
 from ensemble.rows import MemberTable, vote
-from ensemble.vote import Stack, VoteRule, logit
+from ensemble.vote import Stack, VoteRule, stack_inputs
 
 Criterion = Literal["balanced", "fpr"]
 RULE_ORDER = ("majority", "at_least", "soft", "weighted", "stack")  # simpler first
@@ -213,9 +213,7 @@ class Search:
 
     def stack(self, config: EnsembleConfig, keep: np.ndarray) -> Stack:
         """A logistic regression over [logit p (0 when abstaining), abstained] of every member."""
-        opinion = vote(self.table, config).opinion
-        inputs = np.where(opinion, logit(self.table.p), 0.0)
-        x = np.concatenate([inputs, (~opinion).astype(float)]).T
+        x = stack_inputs(self.table.p, vote(self.table, config).opinion).T
         x, y = x[keep], self.run.y_window[keep]
         folds = min(N_FOLDS, int(y.sum()), int((~y).sum()))
         best_c = 1.0

@@ -168,12 +168,14 @@ class Stack:
             raise ValueError(
                 f"stack has {len(self.coef_p)} members; got probs {p.shape}, opinion {o.shape}"
             )
-        z = (
-            self.intercept
-            + np.asarray(self.coef_p) @ np.where(o, logit(p), 0.0)
-            + np.asarray(self.coef_abstain) @ (~o).astype(np.float64)
-        )
+        z = self.intercept + np.asarray(self.coef_p + self.coef_abstain) @ stack_inputs(p, o)
         return 1.0 / (1.0 + np.exp(-z))
+
+
+def stack_inputs(p: np.ndarray, opinion: np.ndarray) -> np.ndarray:
+    """`(2M, B)` from probabilities and opinions `(M, B)`: each member's logit p (0 where it
+    abstains), then its abstention (1.0 where it abstains): what a `Stack` weighs."""
+    return np.concatenate([np.where(opinion, logit(p), 0.0), (~opinion).astype(np.float64)])
 
 
 def logit(p: Any) -> np.ndarray:
