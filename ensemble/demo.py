@@ -116,6 +116,14 @@ def run_demo(options: DemoOptions) -> dict:
             print(f"{joined['path'].nunique()} joined normal clips added to the train split")
         except JoinError as e:  # too few normal train clips (a tiny demo): train without
             log.warning("no joined normal clips: %s", e)
+    if plan.get("crop_windows"):  # train windows shaped like listening's (core/crops.py)
+        from ensemble.core.crops import CropError, crop_windows
+
+        try:
+            cut = crop_windows(manifest, int(plan["crop_windows"]), out / "crops")
+            print(f"{cut['path'].nunique()} cut listening windows added to the train split")
+        except CropError as e:
+            log.warning("no cut windows: %s", e)
     checkpoints = {}
     for i, (name, member) in enumerate(plan["members"].items()):
         _stage(f"2/6 fit {name} ({i + 1} of {len(plan['members'])})", t0)

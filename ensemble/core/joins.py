@@ -23,6 +23,7 @@ import pandas as pd
 import soundfile as sf
 
 from ensemble.core.audio import SAMPLE_RATE, audio_duration, load_audio
+from ensemble.core.crops import CROP_SOURCE
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import read_manifest, write_manifest
 
@@ -36,9 +37,9 @@ class JoinError(ValueError):
 
 
 def _normal_train_clips(df: pd.DataFrame, taxonomy: Taxonomy) -> pd.DataFrame:
-    """One row per normal train clip (no emergency row, not itself a join)."""
+    """One row per normal train clip (no emergency row, not itself a join or a cut window)."""
     emergency = df["label"].map(taxonomy.is_emergency).groupby(df["path"]).transform("any")
-    keep = (df["split"] == "train") & ~emergency & (df["source"] != JOIN_SOURCE)
+    keep = (df["split"] == "train") & ~emergency & ~df["source"].isin([JOIN_SOURCE, CROP_SOURCE])
     return df[keep].drop_duplicates("path").reset_index(drop=True)
 
 
