@@ -83,6 +83,13 @@ def test_demo_command_runs_every_stage(tmp_path, capsys):
     assert "38 clips" in text and "demo finished" in text and "| ensemble |" in text
     assert f"{plan['join_normal']} joined normal clips added to the train split" in text
     assert len(list((out / "joins").glob("*.wav"))) == plan["join_normal"]
+    assert f"{plan['crop_windows']} cut listening windows added to the train split" in text
+    assert len(list((out / "crops").glob("*.wav"))) == plan["crop_windows"]
+    for name, skips in (("whisper_head", False), ("cnn", True), ("anomaly", True)):
+        saved = [yaml.safe_load(c.read_text()) for c in (out / name).rglob("config.yaml")]
+        assert saved and all(
+            ("crops" in (c["data"]["init_args"].get("skip_sources") or [])) == skips for c in saved
+        ), name  # the CNN and the anomaly member train without the cut windows
     assert (out / "data" / "README.md").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "anomaly.ckpt",

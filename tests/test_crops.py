@@ -136,3 +136,18 @@ def test_cut_windows_need_clips_long_enough(tmp_path):
     pd.DataFrame([row], columns=COLUMNS).to_csv(path, index=False)
     with pytest.raises(CropError, match="at least 10 s"):
         crop_windows(path, 4)
+
+
+def test_a_member_can_train_without_the_cut_windows(manifest):
+    from ensemble.core.data import AudioDataModule
+
+    crop_windows(manifest, 4, seed=0)
+    kept = AudioDataModule(manifest, window_s=30.0, skip_sources=("crops",))
+    every = AudioDataModule(manifest, window_s=30.0)
+    kept.setup(), every.setup()
+    paths = {
+        name: set(dm.datasets["train"].clips["path"])
+        for name, dm in (("kept", kept), ("every", every))
+    }
+    assert not any("crop_" in p for p in paths["kept"]) and len(paths["every"] - paths["kept"]) == 4
+    assert set(kept.datasets["val"].clips["path"]) == set(every.datasets["val"].clips["path"])

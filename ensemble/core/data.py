@@ -214,6 +214,8 @@ class AudioDataModule(pl.LightningDataModule):
     `train_classes="normal"` keeps only clips without any emergency annotation in the train split
     (the anomaly member learns from normal audio only); val and test keep every clip. Clips of the
     `holdout` split are never trained or validated on; `predict_split="holdout"` predicts them.
+    `skip_sources`: train clips whose `source` is one of these are left out (the demo's CNN and
+    anomaly member skip the cut listening windows made for the Whisper member, `core/crops.py`).
     """
 
     def __init__(
@@ -227,6 +229,7 @@ class AudioDataModule(pl.LightningDataModule):
         predict_split: str = "test",
         train_classes: Literal["all", "normal", "emergency"] = "all",
         seed: int = 0,
+        skip_sources: tuple[str, ...] = (),
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -248,6 +251,7 @@ class AudioDataModule(pl.LightningDataModule):
             part = df[df["split"] == split]
             if split == "train":
                 part = self._keep(part, self.hparams.train_classes)
+                part = part[~part["source"].isin(list(self.hparams.skip_sources))]
             if len(part):
                 self.datasets[split] = WindowDataset(
                     part, self.taxonomy, self.hparams.window_s, self.hparams.hop_s
