@@ -10,7 +10,7 @@ from helpers import write_noise
 from ensemble.core.audio import SAMPLE_RATE, load_audio
 from ensemble.core.crops import CROP_SOURCE, CropError, crop_rows, crop_windows
 from ensemble.core.data import WindowDataset
-from ensemble.core.joins import JOIN_SOURCE, join_normal_clips
+from ensemble.core.joins import _normal_train_clips, join_normal_clips
 from ensemble.core.labels import load_taxonomy
 from ensemble.core.manifest import read_manifest
 
@@ -110,7 +110,10 @@ def test_joins_are_cut_but_never_joined_again(manifest, tmp_path):
     join_normal_clips(manifest, 3, seed=0)  # the crops are no join source
     df = read_manifest(manifest)
     assert (df["source"] == CROP_SOURCE).sum() >= 8 and df["path"].nunique() == 9 + 3 + 8
-    assert (df[df["source"] == JOIN_SOURCE]["origin"].fillna("") != CROP_SOURCE).all()
+    cut = df[df["source"] == CROP_SOURCE]["path"].map(lambda p: p.rsplit("/", 1)[-1])
+    assert cut.str.startswith("crop_").all()
+    joinable = _normal_train_clips(df, load_taxonomy())["path"]
+    assert len(joinable) and not joinable.str.contains("crop_").any()  # crops are never joined
 
 
 def test_crop_rows_intersect_and_shift():
