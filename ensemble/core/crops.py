@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from ensemble.core.audio import SAMPLE_RATE, load_audio
+from ensemble.core.audio import SAMPLE_RATE, audio_duration, load_audio
 from ensemble.core.labels import Taxonomy, load_taxonomy
 from ensemble.core.manifest import read_manifest, write_manifest
 
@@ -86,14 +86,14 @@ def crop_windows(
     df = df[df["source"] != CROP_SOURCE].reset_index(drop=True)
     folder = Path(folder) if folder is not None else manifest.parent / "crops"
     clips = _train_clips(df, taxonomy)
-    clips["duration"] = [sf.info(str(p)).duration for p in clips["path"]]  # headers only
+    clips["duration"] = [audio_duration(p) for p in clips["path"]]  # headers only
     long_enough = clips["duration"] >= window_s
     emergency = clips[
         long_enough & clips["emergency"] & (clips["end"] - clips["start"] <= window_s)
     ]
     normal = clips[long_enough & ~clips["emergency"] & ~clips["speech"]]
     n_em = n // 2
-    if n > 0 and (emergency.empty or normal.empty):
+    if (n_em and emergency.empty) or (n - n_em and normal.empty):  # a pool that is drawn from
         raise CropError(
             f"{manifest}: cuts of {window_s:g} s need an emergency train clip of at least "
             f"{window_s:g} s whose event fits in it ({len(emergency)}) and a normal train clip "
