@@ -58,26 +58,42 @@ def clips(manifest: Path, splits: list[str], emergency: bool) -> pd.DataFrame:
     return df
 
 
-def build_stream(parts: list[dict], path: Path) -> list[dict]:
+def build_stream(parts: list[dict], path: Path | None) -> list[dict]:
     """Concatenate `parts` ({file, ...}) into one 16 kHz WAV; each part gets its clip_start and
-    clip_end in the stream (and onset, end for emergencies)."""
+    clip_end in the stream (and onset, end for emergencies). With `path` None only the times are
+    set: from the files' headers where they are 16 kHz (no audio read), as the WAV would have
+    them."""
     from ensemble.core.audio import load_audio
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    def samples(file: str) -> int:
+        info = sf.info(file)
+        return info.frames if info.samplerate == SR else len(load_audio(file))
+
+    f = None
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = sf.SoundFile(path, "w", SR, 1, subtype="PCM_16")
     offset = 0.0
-    with sf.SoundFile(path, "w", SR, 1, subtype="PCM_16") as f:
+    try:
         for part in parts:
-            wave = np.clip(load_audio(part["file"]), -1, 1)
-            f.write(wave)
-            part["clip_start"], part["clip_end"] = offset, offset + len(wave) / SR
+            if f is None:
+                n = samples(part["file"])
+            else:
+                wave = np.clip(load_audio(part["file"]), -1, 1)
+                f.write(wave)
+                n = len(wave)
+            part["clip_start"], part["clip_end"] = offset, offset + n / SR
             if part.get("emergency"):
                 part["onset"] = offset + float(part["event_start"])
                 part["end"] = offset + float(part["event_end"])
             offset = part["clip_end"]
+    finally:
+        if f is not None:
+            f.close()
     return parts
 
 
-def events_stream(manifest: Path, split: str, n: int, seed: int, path: Path) -> list[dict]:
+def events_stream(manifest: Path, split: str, n: int, seed: int, path: Path | None) -> list[dict]:
     rng = np.random.default_rng(seed)
     normal, emergency = clips(manifest, [split], False), clips(manifest, [split], True)
     normal = normal.iloc[rng.permutation(len(normal))]
@@ -90,7 +106,7 @@ def events_stream(manifest: Path, split: str, n: int, seed: int, path: Path) -> 
     return build_stream(parts, path)
 
 
-def normal_stream(manifest: Path, splits: list[str], minutes: float, seed: int, path: Path):
+def normal_stream(manifest: Path, splits: list[str], minutes: float, seed: int, path: Path | None):
     rng = np.random.default_rng(seed)
     normal = clips(manifest, splits, False)
     parts, total = [], 0.0

@@ -180,6 +180,29 @@ def test_settings_pool_every_run_and_the_choice_prefers_clean_then_events():
     assert not clean and best is by[1, None]
 
 
+def test_each_normal_run_left_out_is_judged_under_the_setting_chosen_on_the_rest():
+    import listen_choose
+
+    def hop(t, emergency, score):
+        return {"end_s": t, "emergency": emergency, "score": score, "class": "fire"}
+
+    event = {"emergency": True, "label": "fire", "clip_start": 20.0, "end": 40.0, "onset": 25.0}
+    parts = [{"emergency": False, "clip_start": 0.0, "clip_end": 20.0}, event]
+    ev_run = ({"n_events": 1}, parts, [hop(t, 26 <= t <= 30, 0.99) for t in range(2, 42, 2)])
+
+    def normal(blip_score):  # a one-hop blip at 34 s
+        hops = [hop(t, t == 34, blip_score) for t in range(2, 62, 2)]
+        return {"summary": {"stream_s": 60.0}}, [{"clip_start": 0.0}], hops
+
+    text = listen_choose.held_out([ev_run], [normal(0.85), normal(0.95)], ["a", "b"], 10.0, 10.0)
+    rows = [line.split(" | ") for line in text.splitlines()[2:4]]
+    # without a, b's blip (0.95) needs a bar above it: 0.98, under which a's blip (0.85) is quiet
+    assert rows[0][2:] == ["`--confirm 1 --min-score 0.98`", "1 / 1", "0 |"]
+    # without b, 0.9 clears a's blip, and b's blip (0.95) passes it: one false alert
+    assert rows[1][2:] == ["`--confirm 1 --min-score 0.9`", "1 / 1", "1 |"]
+    assert "1 false alerts in 2 min" in text
+
+
 def test_a_hop_stack_labels_hops_by_event_overlap_and_is_written_as_a_listen_config(
     ensemble_config,
 ):
@@ -299,3 +322,25 @@ def test_rerecord_replaces_one_members_outputs_and_keeps_the_rest(ensemble_confi
     assert [m.name for m in load_config(path).members] == ["cnn"]
     with pytest.raises(ValueError, match="no member"):
         listen_rerecord.single_member_config(ensemble_config, ["nope"], path)
+
+
+def test_a_streams_times_without_its_audio_are_those_of_the_written_stream(tmp_path):
+    import listen_latency
+    import soundfile as sf
+
+    files = []
+    for i, (n, sr) in enumerate([(16000 * 3 + 7, 16000), (8000 * 2, 8000)]):  # one resampled
+        files.append(str(tmp_path / f"{i}.wav"))
+        sf.write(files[-1], np.zeros(n, dtype=np.float32), sr)
+
+    def parts():
+        return [
+            {"file": files[0], "emergency": False},
+            {"file": files[1], "emergency": True, "event_start": 0.5, "event_end": 1.5},
+        ]
+
+    written = listen_latency.build_stream(parts(), tmp_path / "stream.wav")
+    timed = listen_latency.build_stream(parts(), None)
+    assert timed == written
+    assert timed[-1]["clip_end"] * 16000 == sf.info(tmp_path / "stream.wav").frames
+    assert timed[1]["onset"] == pytest.approx(3 + 7 / 16000 + 0.5)
